@@ -1,0 +1,47 @@
+# The two commands of the README: `make demo` (a whole local network) and `make test`.
+# Each sets up what is missing (.venv, node_modules, the solc bridge) and nothing more.
+SHELL := /bin/bash
+SOLC_VERSION := 0.8.28
+VENV := .venv
+PY := $(VENV)/bin/python
+export PATH := $(CURDIR)/node_modules/.bin:$(CURDIR)/$(VENV)/bin:$(PATH)
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup test test-long demo bench lint lock clean
+
+setup: $(VENV)/.installed node_modules/.installed
+	@tools/install-solc.sh $(SOLC_VERSION)
+
+$(VENV)/.installed: requirements.lock pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps -e .
+	touch $@
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@
+
+test: setup
+	ape test tests/ $(ARGS)
+
+test-long: setup
+	HYPOTHESIS_PROFILE=long ape test tests/ $(ARGS)
+
+lint: setup
+	$(PY) scripts/slither_check.py
+
+demo: setup
+	ape run demo
+
+bench: setup
+	ape run bench
+
+lock:
+	$(PY) -m pip freeze | grep -v '^-e' | sed '1i # Exact set installed by make (pip install -r requirements.lock). Regenerate: make lock' > requirements.lock
+
+clean:
+	rm -rf .build $(VENV) node_modules demo-output

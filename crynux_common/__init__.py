@@ -1,0 +1,1 @@
+"""Code shared by the node client and the relay: contract access, task schemas, scores, request signing."""

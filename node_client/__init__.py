@@ -1,0 +1,1 @@
+"""The GPU node: stakes, runs inference, follows the protocol."""

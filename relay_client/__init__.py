@@ -1,0 +1,1 @@
+"""The relay service and the dApp SDK."""

@@ -1,0 +1,51 @@
+"""Fixtures shared by every test: role accounts, the deployed contracts, hypothesis profiles."""
+from __future__ import annotations
+
+import os
+
+import ape
+import pytest
+from hypothesis import HealthCheck, settings
+
+# Quick by default (CI budget); `make test-long` (HYPOTHESIS_PROFILE=long) goes deeper.
+settings.register_profile(
+    "default",
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+settings.register_profile(
+    "long",
+    max_examples=1000,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+CNX = 10**18
+
+
+@pytest.fixture(scope="session")
+def owner(accounts):
+    """Deployer and governance (DEFAULT_ADMIN_ROLE)."""
+    return accounts[0]
+
+
+@pytest.fixture(scope="session")
+def treasury(accounts):
+    return accounts[1]
+
+
+@pytest.fixture(scope="session")
+def alice(accounts):
+    return accounts[2]
+
+
+@pytest.fixture(scope="session")
+def bob(accounts):
+    return accounts[3]
+
+
+@pytest.fixture(scope="session")
+def token(project, owner, treasury):
+    return owner.deploy(project.CNXToken, owner, treasury)
