@@ -17,7 +17,8 @@ fi
 wrapper="#!/bin/sh
 # solc $version over solcjs, installed by $repo/tools/install-solc.sh
 exec node \"$repo/tools/solc.js\" \"\$@\""
-if [ ! -x "$target" ] || [ "$(cat "$target" 2>/dev/null)" != "$wrapper" ]; then
+# Keep a working install (another clone's bridge is as good as ours); replace a broken one.
+if ! "$target" --version 2>/dev/null | grep -q "Version: $version+"; then
   rm -f "$target"
   printf '%s\n' "$wrapper" > "$target"
   chmod +x "$target"
