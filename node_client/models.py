@@ -118,7 +118,9 @@ class ModelRegistry:
                     raise ModelUnavailable(f"{model_id}: configured folder {src.path} is missing")
                 return src.path
             assert src.repo is not None
-            return self._hub(model_id, src.repo, src.revision, download=self.settings.allow_download)
+            return self._hub(
+                model_id, src.repo, src.revision, download=self.settings.allow_download
+            )
         if self.settings.tiny_models and model_id in tiny_models.TINY_MODELS:
             return tiny_models.materialize(model_id, self.settings.tiny_cache_dir)
         if self.settings.implicit_hf and "/" in name:

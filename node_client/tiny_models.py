@@ -25,6 +25,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -53,7 +54,7 @@ _LLAMA_CHAT_TEMPLATE = (
 # --- Stable Diffusion ---------------------------------------------------------------
 
 
-def _clip_tokenizer(model_max_length: int = 77):  # type: ignore[no-untyped-def]
+def _clip_tokenizer(model_max_length: int = 77) -> Any:
     """A CLIP tokenizer over a small hand-written vocabulary (characters, no merges)."""
     from transformers import CLIPTokenizer
 
@@ -65,7 +66,7 @@ def _clip_tokenizer(model_max_length: int = 77):  # type: ignore[no-untyped-def]
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=model_max_length)
 
 
-def _clip_text_config(vocab_size: int, projection_dim: int | None = None):  # type: ignore[no-untyped-def]
+def _clip_text_config(vocab_size: int, projection_dim: int | None = None) -> Any:
     from transformers import CLIPTextConfig
 
     kwargs = dict(
@@ -85,7 +86,7 @@ def _clip_text_config(vocab_size: int, projection_dim: int | None = None):  # ty
     return CLIPTextConfig(**kwargs)
 
 
-def _tiny_vae():  # type: ignore[no-untyped-def]
+def _tiny_vae() -> Any:
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
@@ -100,7 +101,7 @@ def _tiny_vae():  # type: ignore[no-untyped-def]
     )
 
 
-def _ddim():  # type: ignore[no-untyped-def]
+def _ddim() -> Any:
     from diffusers import DDIMScheduler
 
     return DDIMScheduler(
@@ -214,7 +215,7 @@ def build_tiny_sd_lora(folder: Path, seed: int = DEFAULT_SEED) -> None:
 # --- text ---------------------------------------------------------------------------
 
 
-def _bpe_tokenizer(special_tokens: list[str], vocab_size: int = 384):  # type: ignore[no-untyped-def]
+def _bpe_tokenizer(special_tokens: list[str], vocab_size: int = 384) -> Any:
     """A ByteLevel BPE tokenizer trained on a fixed corpus (deterministic)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 

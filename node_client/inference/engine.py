@@ -35,7 +35,7 @@ from crynux_common.scores import ERROR_SCORE, image_score, text_score
 
 from .cache import ModelCache, release_memory
 from .device import TorchSettings, configure_torch, dtype_for
-from .errors import InferenceFailure, ModelUnavailable, OutOfMemory
+from .errors import InferenceFailure, ModelUnavailable, OutOfMemory, is_oom
 from .image import ImageModel, generate_images, load_image_model, png_bytes
 from .text import TextModel, generate_text, load_text_model
 
@@ -83,12 +83,6 @@ def _weights_size(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*.safetensors"))
 
 
-def _is_oom(exc: BaseException) -> bool:
-    if isinstance(exc, torch.cuda.OutOfMemoryError | MemoryError):
-        return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
-
-
 class InferenceEngine:
     """Runs image and text tasks; keeps loaded models warm in an LRU bounded by memory."""
 
@@ -133,7 +127,7 @@ class InferenceEngine:
         except InferenceFailure:
             raise
         except Exception as e:
-            if _is_oom(e):
+            if is_oom(e):
                 log.error("out of memory, unloading every model: %s", e)
                 self.cache.clear()
                 raise OutOfMemory(str(e)) from e
@@ -169,7 +163,8 @@ class InferenceEngine:
     ) -> None:
         if task_model_ids is not None and list(task_model_ids) != args.model_ids():
             raise ArgsError(
-                f"arguments name models {args.model_ids()}, the task declares {list(task_model_ids)}"
+                f"arguments name models {args.model_ids()}, "
+                f"the task declares {list(task_model_ids)}"
             )
         if num_images is not None:
             have = args.task_config.num_images if isinstance(args, ImageTaskArgs) else None

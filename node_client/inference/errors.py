@@ -7,6 +7,8 @@ not commit anything for it, since another node would have computed a real result
 """
 from __future__ import annotations
 
+import torch
+
 
 class InferenceFailure(RuntimeError):
     """This node could not run the task. Log it, maybe restart the worker; never commit an
@@ -20,3 +22,10 @@ class OutOfMemory(InferenceFailure):
 class ModelUnavailable(InferenceFailure):
     """The model exists but this node cannot get it now (not downloaded, downloads off,
     network error)."""
+
+
+def is_oom(exc: BaseException) -> bool:
+    """Whether `exc` is the device (or the host) running out of memory."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError | MemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()

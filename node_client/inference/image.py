@@ -14,7 +14,7 @@ from PIL import Image
 from crynux_common.schemas import ArgsError, ImageTaskArgs
 
 from .cache import module_bytes
-from .errors import ModelUnavailable
+from .errors import ModelUnavailable, is_oom
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,9 @@ def pipeline_class_name(folder: Path) -> str:
         data = json.loads(index.read_text())
     except FileNotFoundError as e:
         if (folder / "config.json").is_file():  # a whole model of another kind: the task's fault
-            raise ArgsError(f"{folder.name} is not a diffusers pipeline (no model_index.json)") from e
+            raise ArgsError(
+                f"{folder.name} is not a diffusers pipeline (no model_index.json)"
+            ) from e
         raise ModelUnavailable(f"{folder} holds no model (incomplete download?)") from e
     except (OSError, json.JSONDecodeError) as e:
         raise ArgsError(f"{index} is unreadable: {e}") from e
@@ -118,11 +120,19 @@ def generate_images(
     try:
         if lora_folder is not None and args.lora is not None:
             weight = lora_weight_file(lora_folder, args.lora.weight_file_name)
+            lora_loaded = True  # from here on, clean up even after a partial load
             try:
-                pipe.load_lora_weights(str(lora_folder), weight_name=weight, adapter_name=LORA_ADAPTER)
-            except (ValueError, KeyError) as e:  # incompatible with this base model
-                raise ArgsError(f"LoRA {args.lora.model} does not fit {args.base_model}: {e}") from e
-            lora_loaded = True
+                pipe.load_lora_weights(
+                    str(lora_folder), weight_name=weight, adapter_name=LORA_ADAPTER
+                )
+            except Exception as e:
+                if is_oom(e):
+                    raise
+                # The files are local and identical on every node: a LoRA that does not
+                # load (shape mismatch, no UNet keys ...) does not fit this base model.
+                raise ArgsError(
+                    f"LoRA {args.lora.model} does not fit {args.base_model}: {e}"
+                ) from e
             pipe.set_adapters([LORA_ADAPTER], adapter_weights=[args.lora.strength])
         generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
         out = pipe(
@@ -140,7 +150,15 @@ def generate_images(
     finally:
         pipe.scheduler = model.default_scheduler
         if lora_loaded:
-            pipe.delete_adapters(LORA_ADAPTER)
+            _drop_lora(pipe)
+
+
+def _drop_lora(pipe: Any) -> None:
+    """Remove the task's LoRA so the next task sees the bare base model."""
+    try:
+        pipe.delete_adapters(LORA_ADAPTER)
+    except (ValueError, KeyError, AttributeError):  # never (fully) loaded
+        pipe.unload_lora_weights()
 
 
 def png_bytes(image: Image.Image) -> bytes:
