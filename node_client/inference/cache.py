@@ -65,12 +65,15 @@ class ModelCache(Generic[T]):
         return sum(e.size for e in self._entries.values())
 
     def get(
-        self, key: str, loader: Callable[[], tuple[T, int]], size_hint: int | None = None
+        self,
+        key: str,
+        loader: Callable[[], tuple[T, int]],
+        size_hint: Callable[[], int] | None = None,
     ) -> T:
         """The cached value for `key`, or `loader()` -> (value, size_bytes) on a miss.
 
-        `size_hint` (e.g. the size of the weight files) frees room before loading, so the
-        old and the new model are not both in memory at the peak.
+        `size_hint()` (e.g. the size of the weight files, asked on a miss only) frees room
+        before loading, so the old and the new model are not both in memory at the peak.
         """
         with self._lock:
             entry = self._entries.get(key)
@@ -79,7 +82,7 @@ class ModelCache(Generic[T]):
                 self.stats.hits += 1
                 return entry.value
             if size_hint is not None:
-                self._make_room(size_hint)
+                self._make_room(size_hint())
             value, size = loader()
             self.stats.loads[key] = self.stats.loads.get(key, 0) + 1
             self._make_room(size)

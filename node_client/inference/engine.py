@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -93,6 +94,8 @@ class InferenceEngine:
         self.dtype = dtype_for(self.device)
         budget = self.settings.memory_budget_bytes or default_memory_budget(self.device)
         self.cache: ModelCache[ImageModel | TextModel] = ModelCache(budget)
+        # Pipelines are not re-entrant: one task at a time per engine.
+        self._run_lock = threading.Lock()
 
     # --- public ---------------------------------------------------------------------
 
@@ -109,6 +112,16 @@ class InferenceEngine:
         `task_model_ids` / `num_images`: what the task declares on-chain; arguments that
         disagree with them are invalid (error score). Raises InferenceFailure only.
         """
+        with self._run_lock:
+            return self._run(task_type, args_bytes, task_model_ids, num_images)
+
+    def _run(
+        self,
+        task_type: TaskType | int,
+        args_bytes: bytes,
+        task_model_ids: Sequence[str] | None,
+        num_images: int | None,
+    ) -> InferenceResult:
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
         try:
@@ -176,7 +189,7 @@ class InferenceEngine:
             m = load_image_model(folder, self.device, self.dtype)
             return m, m.size_bytes
 
-        m = self.cache.get(f"image:{model_id}", load, size_hint=_weights_size(folder))
+        m = self.cache.get(f"image:{model_id}", load, size_hint=lambda: _weights_size(folder))
         if not isinstance(m, ImageModel):  # pragma: no cover - keys are typed by prefix
             raise InferenceFailure(f"cache entry for {model_id} is not an image model")
         return m
@@ -186,7 +199,7 @@ class InferenceEngine:
             m = load_text_model(folder, self.device, self.dtype)
             return m, m.size_bytes
 
-        m = self.cache.get(f"text:{model_id}", load, size_hint=_weights_size(folder))
+        m = self.cache.get(f"text:{model_id}", load, size_hint=lambda: _weights_size(folder))
         if not isinstance(m, TextModel):  # pragma: no cover
             raise InferenceFailure(f"cache entry for {model_id} is not a text model")
         return m

@@ -44,7 +44,7 @@ def test_get_sizeHintFreesRoomBeforeLoading():
         return "big", 90
 
     cache.get("small", lambda: ("small", 30))
-    cache.get("big", load, size_hint=90)
+    cache.get("big", load, size_hint=lambda: 90)
     assert seen_keys == [[]]  # "small" was gone before "big" was loaded
 
 
