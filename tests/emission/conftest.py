@@ -3,6 +3,14 @@ standing in for the registry and the market (REPORTER_ROLE)."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import settings
+
+
+def tx_heavy_settings(**overrides) -> settings:
+    """Settings for tests that send many transactions per example (about 0.1 s each on
+    Anvil): half the current profile's examples (at least 10), so the quick profile stays
+    within budget while HYPOTHESIS_PROFILE=long still goes deep."""
+    return settings(settings.default, max_examples=max(10, settings.default.max_examples // 2), **overrides)
 
 
 @pytest.fixture(scope="session")

@@ -7,11 +7,10 @@ from collections import Counter
 from decimal import Decimal
 
 import ape
-from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 
-from tests.emission.conftest import deploy_node_mining, deploy_task_mining
+from tests.emission.conftest import deploy_node_mining, deploy_task_mining, tx_heavy_settings
 from tests.reference.emission import (
     CAP_WEI,
     GENESIS_WEI,
@@ -176,5 +175,5 @@ class EmissionMachine(RuleBasedStateMachine):
 def test_emission_stateMachine(chain, project, token, owner, reporter, nodes):
     run_state_machine_as_test(
         lambda: EmissionMachine(chain, project, token, owner, reporter, nodes),
-        settings=settings(settings.default, stateful_step_count=20),
+        settings=tx_heavy_settings(stateful_step_count=15),
     )

@@ -216,10 +216,10 @@ def test_claim_resetsAccrual_andKeepsAccruing(started, token, reporter, nodes, c
 
 
 def test_manyNodes_claimsAddUpToEmitted(started, token, accounts, reporter, chain):
-    """30 nodes with different weights joining over time: what they claim adds up to what the
+    """20 nodes with different weights joining over time: what they claim adds up to what the
     curve emitted, short by a few wei at most (rounding favours the pool)."""
     start = started.START()
-    operators = [accounts.generate_test_account() for _ in range(30)]
+    operators = [accounts.generate_test_account() for _ in range(20)]
     for op in operators:
         chain.set_balance(op.address, 10**20)
     for i, op in enumerate(operators):
