@@ -8,23 +8,23 @@ import {INodeMining} from "./interfaces/IEmissionHooks.sol";
 import {EmissionMath} from "./libraries/EmissionMath.sol";
 
 /// @title Node mining: 40% of the CNX cap, paid to online nodes in proportion to their weight
-/// @notice Cumulative emission follows E_A(t) = POOL * (1 - 2^(-t / 60 months)), a 5-year
+/// @notice Cumulative emission follows E_A(t) = pool * (1 - 2^(-t / 60 months)), a 5-year
 ///         half-life, with one month = 365.25 / 12 days = 2,629,800 s (EmissionMath.MONTH).
 ///         The registry reports every change of a node's weight (its QoS weight while
 ///         Available or Busy, zero otherwise) through `updateWeight`; between two changes
 ///         each node earns `weight / totalWeight` of what the curve emits. Nodes `claim`,
 ///         which mints what they earned. Every call is O(1) whatever the number of nodes:
 ///         a reward-per-unit-of-weight accumulator, as in staking-reward contracts.
-/// @dev Zero total weight: t in E_A(t) is an *emission clock* that starts at START and only
+/// @dev Zero total weight: t in E_A(t) is an *emission clock* that starts at startTime and only
 ///      runs while the total weight is positive. While no node is online, nothing is emitted
 ///      and the clock stands still, so that time's emission is not lost: it stays in the pool
 ///      and the schedule resumes where it stopped when a node comes back (the whole curve
 ///      shifts later by the downtime). The alternative, catching the curve up in one step,
 ///      would hand the whole backlog to the first node to come online; the stopped clock
-///      gives no such windfall. With the network always online, t = now - START.
+///      gives no such windfall. With the network always online, t = now - startTime.
 ///      Rounding: the accumulator credits nodes with at most what the curve emitted (the
 ///      sub-wei remainder carries over to the next update) and every node's share is rounded
-///      down, so the sum of all claims never exceeds E_A(t) <= POOL.
+///      down, so the sum of all claims never exceeds E_A(t) <= pool.
 contract NodeMining is INodeMining, AccessControl {
     /// @notice Role of the callers of `updateWeight` (the node registry).
     bytes32 public constant REPORTER_ROLE = keccak256("REPORTER_ROLE");
@@ -36,10 +36,10 @@ contract NodeMining is INodeMining, AccessControl {
     CNXToken public immutable token;
 
     /// @notice The node-mining pool S_A: 40% of the cap, in wei. Never exceeded.
-    uint256 public immutable POOL;
+    uint256 public immutable pool;
 
     /// @notice When the emission clock may start running (unix seconds).
-    uint256 public immutable START;
+    uint256 public immutable startTime;
 
     /// @dev Per node: its current weight and what it earned up to its last settlement
     ///      (one slot), and the accumulator value at that settlement.
@@ -51,9 +51,9 @@ contract NodeMining is INodeMining, AccessControl {
 
     mapping(address node => NodeAccount) private _nodes;
     uint256 private _totalWeight;
-    /// @dev Reward per unit of weight since START, scaled by ACC_PRECISION.
+    /// @dev Reward per unit of weight since startTime, scaled by ACC_PRECISION.
     uint256 private _rewardPerWeight;
-    /// @dev Timestamp of the last accumulator update (START before the first one).
+    /// @dev Timestamp of the last accumulator update (startTime before the first one).
     uint64 private _lastUpdate;
     /// @dev Seconds of emission clock elapsed up to `_lastUpdate`.
     uint64 private _clock;
@@ -96,16 +96,16 @@ contract NodeMining is INodeMining, AccessControl {
 
     /// @param token_ The CNX token; grant this contract its MINTER_ROLE after deployment.
     /// @param admin Receives DEFAULT_ADMIN_ROLE (grants REPORTER_ROLE to the registry).
-    /// @param startTime When emission may start (unix seconds); 0 = the deployment block.
-    constructor(CNXToken token_, address admin, uint256 startTime) {
+    /// @param startTime_ When emission may start (unix seconds); 0 = the deployment block.
+    constructor(CNXToken token_, address admin, uint256 startTime_) {
         if (address(token_) == address(0)) revert NodeMiningZeroToken();
         if (admin == address(0)) revert NodeMiningZeroAdmin();
-        if (startTime == 0) startTime = block.timestamp;
-        else if (startTime < block.timestamp) revert NodeMiningStartInPast(startTime, block.timestamp);
+        uint256 start = startTime_ == 0 ? block.timestamp : startTime_;
+        if (start < block.timestamp) revert NodeMiningStartInPast(startTime_, block.timestamp);
         token = token_;
-        POOL = (token_.CAP() * 2) / 5;
-        START = startTime;
-        _lastUpdate = uint64(startTime);
+        pool = (token_.CAP() * 2) / 5;
+        startTime = start;
+        _lastUpdate = uint64(start);
         _grantRole(DEFAULT_ADMIN_ROLE, admin);
     }
 
@@ -123,7 +123,7 @@ contract NodeMining is INodeMining, AccessControl {
         if (oldWeight != 0) {
             accrued += FixedPointMathLib.fullMulDiv(oldWeight, rpw - account.rewardPerWeightPaid, ACC_PRECISION);
         }
-        // accrued <= POOL < 2^128; weight checked above.
+        // accrued <= pool < 2^128; weight checked above.
         account.weight = uint128(weight);
         account.accrued = uint128(accrued);
         account.rewardPerWeightPaid = rpw;
@@ -141,6 +141,7 @@ contract NodeMining is INodeMining, AccessControl {
         NodeAccount storage account = _nodes[msg.sender];
         amount = account.accrued
             + FixedPointMathLib.fullMulDiv(account.weight, rpw - account.rewardPerWeightPaid, ACC_PRECISION);
+        // slither-disable-next-line incorrect-equality
         if (amount == 0) revert NodeMiningNothingToClaim(msg.sender);
         account.accrued = 0;
         account.rewardPerWeightPaid = rpw;
@@ -171,7 +172,7 @@ contract NodeMining is INodeMining, AccessControl {
         return _totalWeight;
     }
 
-    /// @notice Seconds of emission clock elapsed by now (time since START during which at
+    /// @notice Seconds of emission clock elapsed by now (time since startTime during which at
     ///         least one node had a positive weight).
     function emissionClock() external view returns (uint256 clock) {
         (, clock,) = _pending();
@@ -188,10 +189,10 @@ contract NodeMining is INodeMining, AccessControl {
         return _totalClaimed;
     }
 
-    /// @notice The curve: E_A(elapsed) = POOL * (1 - 2^(-elapsed / 60 months)), in wei.
+    /// @notice The curve: E_A(elapsed) = pool * (1 - 2^(-elapsed / 60 months)), in wei.
     /// @param elapsed Seconds of emission clock.
     function cumulativeEmission(uint256 elapsed) external view returns (uint256) {
-        return EmissionMath.nodeCumulative(POOL, elapsed);
+        return EmissionMath.nodeCumulative(pool, elapsed);
     }
 
     // ------------------------------------------------------------------ internals
@@ -200,11 +201,11 @@ contract NodeMining is INodeMining, AccessControl {
     function _accrue() private returns (uint256 rpw) {
         uint256 last = _lastUpdate;
         rpw = _rewardPerWeight;
-        if (block.timestamp <= last) return rpw; // same block, or before START
+        if (block.timestamp <= last) return rpw; // same block, or before startTime
         (uint256 newRpw, uint256 clock, uint256 credited) = _pending();
         _lastUpdate = uint64(block.timestamp);
         if (clock != _clock) {
-            // Timestamps and clock < 2^64 s; credited <= POOL < 2^128.
+            // Timestamps and clock < 2^64 s; credited <= pool < 2^128.
             _clock = uint64(clock);
             _credited = uint128(credited);
         }
@@ -224,7 +225,7 @@ contract NodeMining is INodeMining, AccessControl {
         uint256 total = _totalWeight;
         if (block.timestamp <= last || total == 0) return (rpw, clock, credited);
         clock += block.timestamp - last;
-        uint256 target = EmissionMath.nodeCumulative(POOL, clock);
+        uint256 target = EmissionMath.nodeCumulative(pool, clock);
         if (target <= credited) return (rpw, clock, credited);
         uint256 increment = FixedPointMathLib.fullMulDiv(target - credited, ACC_PRECISION, total);
         rpw += increment;

@@ -8,12 +8,12 @@ import {ITaskMining} from "./interfaces/IEmissionHooks.sol";
 import {EmissionMath} from "./libraries/EmissionMath.sol";
 
 /// @title Task mining: 40% of the CNX cap, paid by monthly epochs for successful tasks
-/// @notice Month a runs from START + a * MONTH to START + (a + 1) * MONTH, with one month =
+/// @notice Month a runs from startTime + a * MONTH to startTime + (a + 1) * MONTH, with one month =
 ///         365.25 / 12 days = 2,629,800 s (EmissionMath.MONTH). Cumulative emission by the
 ///         start of month a follows the normalised Avrami curve
-///         E_B(a) = POOL * (1 - exp(-0.0003 ((0.5 a + 0.8)^2 - 0.8^2))), i.e. Crynux's
+///         E_B(a) = pool * (1 - exp(-0.0003 ((0.5 a + 0.8)^2 - 0.8^2))), i.e. Crynux's
 ///         f(a) = 1 - exp(-0.0003 (0.5 a + 0.8)^2) rescaled to (f(a) - f(0)) / (1 - f(0)):
-///         E_B(0) = 0 and E_B(a) -> POOL. Month a's budget E_B(a + 1) - E_B(a) is shared by
+///         E_B(0) = 0 and E_B(a) -> pool. Month a's budget E_B(a + 1) - E_B(a) is shared by
 ///         the nodes in proportion to the successful tasks the market recorded for each in
 ///         that month (`recordSuccess`); a node claims its share once the month has ended.
 /// @dev A month without tasks: its budget is not lost and not minted; it rolls over to the
@@ -21,9 +21,9 @@ import {EmissionMath} from "./libraries/EmissionMath.sol";
 ///      that month's budget to E_B(a + 1) - E_B(b), where b is the first month whose budget
 ///      no earlier month with tasks took (the month after the previous month with tasks, or
 ///      0). Budgets of months with tasks therefore telescope: their sum is E_B(last month
-///      with tasks + 1) <= POOL, and budget from months after the last month with tasks
+///      with tasks + 1) <= pool, and budget from months after the last month with tasks
 ///      waits in the pool for the next task. Shares are rounded down (in favour of the pool).
-///      Tasks recorded before START count in month 0. Unclaimed shares never expire.
+///      Tasks recorded before startTime count in month 0. Unclaimed shares never expire.
 contract TaskMining is ITaskMining, AccessControl {
     /// @notice Role of the callers of `recordSuccess` (the task market).
     bytes32 public constant REPORTER_ROLE = keccak256("REPORTER_ROLE");
@@ -35,10 +35,10 @@ contract TaskMining is ITaskMining, AccessControl {
     CNXToken public immutable token;
 
     /// @notice The task-mining pool S_B: 40% of the cap, in wei. Never exceeded.
-    uint256 public immutable POOL;
+    uint256 public immutable pool;
 
     /// @notice Start of month 0 (unix seconds).
-    uint256 public immutable START;
+    uint256 public immutable startTime;
 
     /// @dev Per month: the first month of the curve whose budget it takes (set by its first
     ///      task) and its number of successful tasks. One slot.
@@ -96,15 +96,15 @@ contract TaskMining is ITaskMining, AccessControl {
 
     /// @param token_ The CNX token; grant this contract its MINTER_ROLE after deployment.
     /// @param admin Receives DEFAULT_ADMIN_ROLE (grants REPORTER_ROLE to the task market).
-    /// @param startTime Start of month 0 (unix seconds); 0 = the deployment block.
-    constructor(CNXToken token_, address admin, uint256 startTime) {
+    /// @param startTime_ Start of month 0 (unix seconds); 0 = the deployment block.
+    constructor(CNXToken token_, address admin, uint256 startTime_) {
         if (address(token_) == address(0)) revert TaskMiningZeroToken();
         if (admin == address(0)) revert TaskMiningZeroAdmin();
-        if (startTime == 0) startTime = block.timestamp;
-        else if (startTime < block.timestamp) revert TaskMiningStartInPast(startTime, block.timestamp);
+        uint256 start = startTime_ == 0 ? block.timestamp : startTime_;
+        if (start < block.timestamp) revert TaskMiningStartInPast(startTime_, block.timestamp);
         token = token_;
-        POOL = (token_.CAP() * 2) / 5;
-        START = startTime;
+        pool = (token_.CAP() * 2) / 5;
+        startTime = start;
         _grantRole(DEFAULT_ADMIN_ROLE, admin);
     }
 
@@ -157,13 +157,13 @@ contract TaskMining is ITaskMining, AccessControl {
 
     /// @notice The month now running (0 before and during the first month).
     function currentMonth() public view returns (uint256) {
-        return block.timestamp <= START ? 0 : (block.timestamp - START) / MONTH;
+        return block.timestamp <= startTime ? 0 : (block.timestamp - startTime) / MONTH;
     }
 
     /// @notice Start of `month` (unix seconds); it ends at monthStart(month + 1).
     /// @param month The month index.
     function monthStart(uint256 month) external view returns (uint256) {
-        return START + month * MONTH;
+        return startTime + month * MONTH;
     }
 
     /// @notice A month's successful tasks, its budget and where the budget starts on the curve.
@@ -186,7 +186,7 @@ contract TaskMining is ITaskMining, AccessControl {
         uint256 upTo = _months[current].tasks == 0 ? current + 1 : current;
         uint256 from = _nextBudgetMonth;
         if (upTo <= from) return 0;
-        return EmissionMath.taskCumulative(POOL, upTo) - EmissionMath.taskCumulative(POOL, from);
+        return EmissionMath.taskCumulative(pool, upTo) - EmissionMath.taskCumulative(pool, from);
     }
 
     /// @notice The unclaimed successful tasks of `node` in `month` (0 once claimed).
@@ -198,7 +198,8 @@ contract TaskMining is ITaskMining, AccessControl {
 
     /// @notice What `node` could claim now for the given months (ended months only), in wei.
     /// @param node The node operator.
-    /// @param months Month indices; running months and months without its tasks count 0.
+    /// @param months Distinct month indices; running months and months without its unclaimed
+    ///        tasks count 0 (a month listed twice counts twice here, while `claim` reverts).
     function claimable(address node, uint256[] calldata months) external view returns (uint256 total) {
         uint256 current = currentMonth();
         for (uint256 i; i < months.length; ++i) {
@@ -218,11 +219,11 @@ contract TaskMining is ITaskMining, AccessControl {
     /// @notice The curve: E_B(month), cumulative emission by the start of `month`, in wei.
     /// @param month The month index.
     function cumulativeEmission(uint256 month) external view returns (uint256) {
-        return EmissionMath.taskCumulative(POOL, month);
+        return EmissionMath.taskCumulative(pool, month);
     }
 
     /// @dev Budget of a month with tasks: E_B(month + 1) - E_B(budgetFrom).
     function _budget(uint256 month, uint256 budgetFrom) private view returns (uint256) {
-        return EmissionMath.taskCumulative(POOL, month + 1) - EmissionMath.taskCumulative(POOL, budgetFrom);
+        return EmissionMath.taskCumulative(pool, month + 1) - EmissionMath.taskCumulative(pool, budgetFrom);
     }
 }

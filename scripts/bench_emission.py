@@ -60,13 +60,13 @@ def _measure(n: int) -> dict[str, int]:
         tm.recordSuccess(node, sender=reporter, gas=LOOP_GAS)
     gas["TaskMining.recordSuccess (node's first task of the month)"] = tm.recordSuccess(claimer, sender=reporter).gas_used
     gas["TaskMining.recordSuccess (node's next task)"] = tm.recordSuccess(claimer, sender=reporter).gas_used
-    chain.pending_timestamp = tm.START() + MONTH + 1
+    chain.pending_timestamp = tm.startTime() + MONTH + 1
     gas["TaskMining.recordSuccess (month's first task)"] = tm.recordSuccess(claimer, sender=reporter).gas_used
     gas["TaskMining.claim (1 month)"] = tm.claim([0], sender=claimer).gas_used
     for month in range(2, 13):
-        chain.pending_timestamp = tm.START() + month * MONTH + 1
+        chain.pending_timestamp = tm.startTime() + month * MONTH + 1
         tm.recordSuccess(claimer, sender=reporter)
-    chain.pending_timestamp = tm.START() + 13 * MONTH + 1
+    chain.pending_timestamp = tm.startTime() + 13 * MONTH + 1
     gas["TaskMining.claim (12 months)"] = tm.claim(list(range(1, 13)), sender=claimer).gas_used
     return gas
 

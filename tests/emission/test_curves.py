@@ -41,8 +41,8 @@ def test_reference_normalisation():
 
 
 def test_pools_are_forty_percent_of_the_cap(node_mining, task_mining, token):
-    assert node_mining.POOL() == task_mining.POOL() == token.CAP() * 2 // 5 == NODE_POOL_WEI
-    assert token.GENESIS_SUPPLY() + node_mining.POOL() + task_mining.POOL() == CAP_WEI
+    assert node_mining.pool() == task_mining.pool() == token.CAP() * 2 // 5 == NODE_POOL_WEI
+    assert token.GENESIS_SUPPLY() + node_mining.pool() + task_mining.pool() == CAP_WEI
     assert task_mining.MONTH() == MONTH_SECONDS
 
 

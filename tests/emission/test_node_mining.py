@@ -45,9 +45,9 @@ def view_at(chain, timestamp: int) -> None:
 
 
 def test_constructor_setsPoolStartAndRoles(node_mining, token, owner, reporter, chain):
-    assert node_mining.POOL() == token.CAP() * 2 // 5 == NODE_POOL_WEI
+    assert node_mining.pool() == token.CAP() * 2 // 5 == NODE_POOL_WEI
     assert node_mining.token() == token.address
-    assert node_mining.START() <= chain.blocks.head.timestamp
+    assert node_mining.startTime() <= chain.blocks.head.timestamp
     assert node_mining.hasRole(node_mining.DEFAULT_ADMIN_ROLE(), owner)
     assert node_mining.hasRole(node_mining.REPORTER_ROLE(), reporter)
     assert node_mining.totalWeight() == 0
@@ -113,7 +113,7 @@ def test_singleNode_claimMatchesReference(chain, project, token, owner, reporter
     never more than the curve)."""
     with chain.isolate():
         nm = deploy_node_mining(project, token, owner, reporter, chain.pending_timestamp + 100)
-        start = nm.START()
+        start = nm.startTime()
         nm.updateWeight(nodes[0], weight, sender=reporter)
         view_at(chain, start + elapsed)
         claimable = nm.claimable(nodes[0])
@@ -131,10 +131,10 @@ def test_singleNode_claimMatchesReference(chain, project, token, owner, reporter
 
 def test_beforeStart_nothingAccrues(started, reporter, nodes, chain):
     started.updateWeight(nodes[0], 10, sender=reporter)
-    view_at(chain, started.START())
+    view_at(chain, started.startTime())
     assert started.claimable(nodes[0]) == 0
     assert started.emissionClock() == 0
-    view_at(chain, started.START() + DAY_SECONDS)
+    view_at(chain, started.startTime() + DAY_SECONDS)
     assert started.emissionClock() == DAY_SECONDS
     assert relative_error(started.claimable(nodes[0]), node_cumulative(DAY_SECONDS)) <= TOLERANCE
 
@@ -143,7 +143,7 @@ def test_doubleWeight_accruesTwiceAsFast(started, reporter, nodes, chain):
     started.updateWeight(nodes[0], 7, sender=reporter)
     started.updateWeight(nodes[1], 14, sender=reporter)
     for days in (1, 30, 400):
-        view_at(chain, started.START() + days * DAY_SECONDS)
+        view_at(chain, started.startTime() + days * DAY_SECONDS)
         single, double = started.claimable(nodes[0]), started.claimable(nodes[1])
         assert abs(double - 2 * single) <= 2
         assert single + double <= started.emitted()
@@ -152,7 +152,7 @@ def test_doubleWeight_accruesTwiceAsFast(started, reporter, nodes, chain):
 
 def test_pausedNode_accruesNothing(started, reporter, nodes, chain):
     """Weight 0 (Paused, Quit, kicked out): no accrual, and the others take the whole rate."""
-    start = started.START()
+    start = started.startTime()
     started.updateWeight(nodes[0], 10, sender=reporter)
     started.updateWeight(nodes[1], 10, sender=reporter)
     at(chain, start + MONTH_SECONDS)
@@ -176,7 +176,7 @@ def test_zeroTotalWeight_stopsClock_andEmissionIsNotLost(started, reporter, node
     """While no node is online nothing is emitted and the emission clock stands still; the
     schedule resumes where it stopped, so that time's emission stays in the pool for later
     instead of being lost or handed to the first node back online."""
-    start = started.START()
+    start = started.startTime()
     started.updateWeight(nodes[0], 10, sender=reporter)
     at(chain, start + YEAR_SECONDS)
     started.updateWeight(nodes[0], 0, sender=reporter)  # the whole network goes offline
@@ -201,7 +201,7 @@ def test_zeroTotalWeight_stopsClock_andEmissionIsNotLost(started, reporter, node
 
 
 def test_claim_resetsAccrual_andKeepsAccruing(started, token, reporter, nodes, chain):
-    start = started.START()
+    start = started.startTime()
     started.updateWeight(nodes[0], 3, sender=reporter)
     at(chain, start + MONTH_SECONDS)
     first = started.claim(sender=nodes[0]).events[0].amount
@@ -218,7 +218,7 @@ def test_claim_resetsAccrual_andKeepsAccruing(started, token, reporter, nodes, c
 def test_manyNodes_claimsAddUpToEmitted(started, token, accounts, reporter, chain):
     """20 nodes with different weights joining over time: what they claim adds up to what the
     curve emitted, short by a few wei at most (rounding favours the pool)."""
-    start = started.START()
+    start = started.startTime()
     operators = [accounts.generate_test_account() for _ in range(20)]
     for op in operators:
         chain.set_balance(op.address, 10**20)

@@ -32,14 +32,14 @@ def market(project, token, owner, reporter, chain):
 
 def in_month(chain, tm, month: int, offset: int = 1) -> None:
     """The next transaction is mined `offset` seconds into `month`."""
-    chain.pending_timestamp = tm.START() + month * MONTH_SECONDS + offset
+    chain.pending_timestamp = tm.startTime() + month * MONTH_SECONDS + offset
 
 
 # ---------------------------------------------------------------- deployment and roles
 
 
 def test_constructor_setsPoolStartAndRoles(task_mining, token, owner, reporter):
-    assert task_mining.POOL() == token.CAP() * 2 // 5 == TASK_POOL_WEI
+    assert task_mining.pool() == token.CAP() * 2 // 5 == TASK_POOL_WEI
     assert task_mining.token() == token.address
     assert task_mining.MONTH() == MONTH_SECONDS
     assert task_mining.hasRole(task_mining.DEFAULT_ADMIN_ROLE(), owner)
@@ -81,7 +81,7 @@ def test_recordSuccess_countsAndEmits(market, reporter, nodes, chain):
 
 
 def test_recordSuccess_beforeStart_countsInMonthZero(market, reporter, nodes, chain):
-    assert chain.pending_timestamp < market.START()
+    assert chain.pending_timestamp < market.startTime()
     market.recordSuccess(nodes[0], sender=reporter)
     assert market.tasksOf(0, nodes[0]) == 1
     assert market.monthInfo(0)[0] == 1
