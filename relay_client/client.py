@@ -159,6 +159,11 @@ class RelayClient:
         r = self._request("PUT", f"/v1/args/{args_hash}", args, "application/json")
         return ArgsStored.model_validate(r.json())
 
+    def get_own_args(self, args_hash: bytes | str) -> bytes:
+        """Reads back arguments this account uploaded (RelayNotFound if it did not)."""
+        h = args_hash if isinstance(args_hash, str) else "0x" + bytes(args_hash).hex()
+        return self._request("GET", f"/v1/args/{h}").content
+
     def get_task_args(self, task_id: int, expected_hash: bytes | None = None) -> bytes:
         """The task's arguments; checked against ``expected_hash`` (the on-chain argsHash) if given."""
         data = self._request("GET", f"/v1/tasks/{task_id}/args").content

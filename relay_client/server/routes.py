@@ -173,6 +173,27 @@ async def put_args(request: Request, args_hash: ArgsHash) -> Response:
 
 
 @router.get(
+    "/v1/args/{args_hash}",
+    summary="Read back arguments this signer uploaded",
+    description="Lets an application check that its upload is stored (e.g. after a crash) before it creates "
+    "the task. 404 unless the signer itself uploaded these arguments.",
+    responses={200: {"content": {"application/json": {}}, "description": "The arguments, byte for byte"},
+               **responses(401, 404)},
+    openapi_extra=SIGNED,
+    tags=["arguments"],
+)
+async def get_own_args(request: Request, args_hash: ArgsHash) -> Response:
+    c = ctx(request)
+    body, signer = await _signed(request, c.settings.max_unsigned_body_bytes)
+    body.close()
+    record = await run_in_threadpool(c.store.repo.get_args, args_hash, signer.address)
+    if record is None:
+        raise not_found("args_not_uploaded", f"{signer.address} has not uploaded {args_hash}")
+    data = await run_in_threadpool(c.store.load_args, record)
+    return Response(data, media_type="application/json", headers={"X-Crynux-Args-Hash": record.args_hash})
+
+
+@router.get(
     "/v1/tasks/{task_id}/args",
     summary="Download a task's arguments (its executor or auditors only)",
     description=(

@@ -36,3 +36,40 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'relay.sqlite3'}"
     server: PostgresServer = request.getfixturevalue("postgres")
     return server.create_database("t_" + uuid.uuid4().hex[:12])
+
+
+@pytest.fixture(scope="session")
+def rpc_url(chain) -> str:  # type: ignore[no-untyped-def]
+    """The JSON-RPC URL of the Anvil that ape-foundry started for this test session."""
+    provider = chain.provider
+    uri = getattr(provider, "uri", None) or provider.web3.provider.endpoint_uri
+    assert uri and uri.startswith("http"), f"unexpected provider URI {uri!r}"
+    return str(uri)
+
+
+# --- a deployed network and a relay process in front of it -----------------------------------
+
+from .network import Network, deploy_network  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def network(project, accounts, token, owner, treasury, rpc_url) -> Network:  # type: ignore[no-untyped-def]
+    """CNX token, NodeRegistry and TaskMarket on the session's Anvil, five joined nodes, a
+    funded application, the relay's account holding RELAY_ROLE; audit draws off (0 bps)."""
+    for name in ("NodeRegistry", "TaskMarket"):
+        if not hasattr(project, name):
+            pytest.skip(f"the contract {name} is not in this tree yet")
+    return deploy_network(project, accounts, token, owner, treasury, rpc_url)
+
+
+@pytest.fixture(scope="session")
+def relay_proc(network: Network, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A relay process (SQLite + files) serving the network, shared by a test session."""
+    from .helpers import RelayProcess
+
+    root = tmp_path_factory.mktemp("relay")
+    proc = RelayProcess(rpc=network.rpc_url, deployment=network.write_deployment(root / "deployment.json"),
+                        data=root / "data", key=network.relay_key)
+    proc.start()
+    yield proc
+    proc.stop()
