@@ -4,15 +4,15 @@ The server depends only on the :class:`TaskChain` protocol (read a task, read a
 commitment, attest a delivery, a few statistics); :class:`Web3TaskChain` implements it
 against the deployed TaskMarket, with the relay's own key for ``attestDelivery``.
 
-The market's ABI comes from the deployment file (``contracts.TaskMarket.abi``) or from
-Ape's compiled artifacts (``.build/__local__.json``, ``contractTypes.TaskMarket.abi``).
-Deployment file (JSON)::
+The deployment file is the project's (``crynux_common.deployment.Deployment``, written by
+the deploy script)::
 
-    {"chainId": 31337,
+    {"network": "local", "chain_id": 31337, "block": 0,
      "contracts": {"TaskMarket": {"address": "0x...", "abi": [...]},
-                   "NodeRegistry": {"address": "0x..."}, "CNXToken": {"address": "0x..."}}}
+                   "NodeRegistry": {"address": "0x...", "abi": [...]}, ...}}
 
-A flat ``{"TaskMarket": "0x..."}`` is accepted too.
+An entry without ``abi`` takes it from Ape's compiled artifacts (``.build/__local__.json``,
+``contractTypes.<Name>.abi``); a flat ``{"TaskMarket": "0x..."}`` is accepted too.
 """
 from __future__ import annotations
 
@@ -179,7 +179,7 @@ def load_deployment(path: Path, build_dir: Path | None = None) -> Deployment:
             registry_abi = load_compiled_abi(build, "NodeRegistry")
         except DeploymentError:
             registry_abi = None
-    chain_id = data.get("chainId", data.get("chain_id"))
+    chain_id = data.get("chain_id", data.get("chainId"))
     return Deployment(
         market_address=to_checksum_address(market),
         market_abi=market_abi,
@@ -199,6 +199,8 @@ def _is_transport_error(exc: BaseException) -> bool:
 _STAT_FUNCTIONS = (
     "nextTaskId", "taskCount", "queueSize", "queueLength", "auditPool", "pendingAuditCount",
 )
+# INodeRegistry.NodeStatus order; countsByStatus()[0] counts every address that ever joined.
+_NODE_STATUS_LABELS = ("joined", "available", "busy", "pending_pause", "paused", "pending_quit", "quit")
 _REGISTRY_STAT_FUNCTIONS = ("nodeCount", "availableNodeCount", "totalNodes", "activeNodeCount")
 
 
@@ -327,6 +329,13 @@ class Web3TaskChain:
                 except Exception as exc:  # a statistic is not worth failing the request
                     log.debug("stat %s failed: %s", name, exc)
         if self.registry is not None:
+            if self._has(self.deployment.registry_abi, "countsByStatus"):
+                try:
+                    counts = list(self.registry.functions.countsByStatus().call())
+                    for i, label in enumerate(_NODE_STATUS_LABELS[: len(counts)]):
+                        out[f"nodes_{label}"] = int(counts[i])
+                except Exception as exc:
+                    log.debug("stat countsByStatus failed: %s", exc)
             for name in _REGISTRY_STAT_FUNCTIONS:
                 if self._has(self.deployment.registry_abi, name):
                     try:
@@ -344,8 +353,12 @@ class Web3TaskChain:
             pending = int(self.w3.eth.get_transaction_count(self._account.address, "pending"))
             nonce = max(pending, self._next_nonce or 0)
             try:
+                # Estimated against the pending block: the delivery may arrive in the block of the
+                # executor's commit, and the draw needs the hash of that block (next block on).
+                gas = fn.estimate_gas({"from": self._account.address}, block_identifier="pending")
                 tx = fn.build_transaction(
-                    {"from": self._account.address, "nonce": nonce, "chainId": self.chain_id()}
+                    {"from": self._account.address, "nonce": nonce, "chainId": self.chain_id(),
+                     "gas": int(gas * 1.25) + 20_000}
                 )
             except (ContractLogicError, ContractCustomError) as exc:
                 raise AttestRejected(f"attestDelivery({task_id}) would revert: {exc}") from exc

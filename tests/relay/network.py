@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import io
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +13,7 @@ from eth_utils import keccak
 from PIL import Image
 
 from crynux_common import scores
+from crynux_common.deployment import DeployedContract, Deployment
 from crynux_common.schemas import TaskType, canonical_json
 
 CNX = 10**18
@@ -90,11 +90,12 @@ class Network:
         raise KeyError(address)
 
     def write_deployment(self, path: Path) -> Path:
-        path.write_text(json.dumps({
-            "contracts": {"TaskMarket": {"address": self.market.address},
-                          "NodeRegistry": {"address": self.registry.address},
-                          "CNXToken": {"address": self.token.address}},
-        }))
+        """The project's deployment file (crynux_common.deployment), ABIs included."""
+        contracts = {
+            name: DeployedContract(address=c.address, abi=c.contract_type.model_dump(mode="json", by_alias=True)["abi"])
+            for name, c in (("TaskMarket", self.market), ("NodeRegistry", self.registry), ("CNXToken", self.token))
+        }
+        Deployment(network="local", chain_id=31337, contracts=contracts).save(path)
         return path
 
     def next_seed(self) -> int:

@@ -445,10 +445,13 @@ def test_uploadBeforeCommit_isConflict(network: Network, relay_proc: RelayProces
     executor = network.executor(task_id)
     files = [ResultUpload("0.png", png(5))]
     score = scores.image_score([files[0].data])
+    salt = scores.new_salt()
     with pytest.raises(RelayConflict) as err:
-        client(relay_proc, network, executor).upload_results(task_id, files, score, scores.new_salt())
+        client(relay_proc, network, executor).upload_results(task_id, files, score, salt)
     assert err.value.code == "not_committed"
     assert not network.task(task_id).delivered
+    network.commit(task_id, executor, score, salt)  # the same upload goes through once committed
+    assert client(relay_proc, network, executor).upload_results(task_id, files, score, salt).attestation.state == "mined"
 
 
 def test_argsOfAnotherUploader_areNotServed(network: Network, relay_proc: RelayProcess):
@@ -456,6 +459,12 @@ def test_argsOfAnotherUploader_areNotServed(network: Network, relay_proc: RelayP
     args = image_args(network.next_seed(), 1)
     client(relay_proc, network, network.other_app).put_args(args)
     task_id = network.create_task(args, num_images=1)  # created by network.creator
+    executor = network.executor(task_id)
     with pytest.raises(RelayNotFound) as err:
-        client(relay_proc, network, network.executor(task_id)).get_task_args(task_id)
+        client(relay_proc, network, executor).get_task_args(task_id)
     assert err.value.code == "args_not_uploaded"
+    client(relay_proc, network, network.creator).put_args(args)  # now the creator's own upload
+    assert client(relay_proc, network, executor).get_task_args(task_id) == args
+    salt = scores.new_salt()
+    network.commit(task_id, executor, scores.ERROR_SCORE, salt)
+    client(relay_proc, network, executor).upload_results(task_id, [], scores.ERROR_SCORE, salt)

@@ -136,3 +136,102 @@ MINIMAL_MARKET_ABI = json.loads(
   "inputs":[{"name":"taskId","type":"uint256"}],"outputs":[]}
 ]"""
 )
+
+
+def _check_deliveries_consistent(data_dir: Path) -> dict[int, list[str]]:
+    """Every delivery's files exist with their SHA-256; returns task id -> file hashes."""
+    import hashlib
+
+    repo = Repository.connect(f"sqlite:///{data_dir / 'relay.sqlite3'}")
+    blobs = LocalBlobStore(data_dir / "blobs")
+    try:
+        assert list((data_dir / "blobs").rglob("*.part")) == []
+        assert {b.key for b in blobs.list()} == repo.referenced_blob_keys()
+        out: dict[int, list[str]] = {}
+        with repo.engine.connect() as conn:
+            task_ids = [r[0] for r in conn.exec_driver_sql("SELECT task_id FROM deliveries").all()]
+        for task_id in task_ids:
+            files = repo.result_files(task_id)
+            delivery = repo.get_delivery(task_id)
+            assert delivery is not None and delivery.num_files == len(files)
+            for f in files:
+                assert hashlib.sha256(blobs.get_bytes(f.blob_key)).hexdigest() == f.sha256
+            out[task_id] = [f.sha256 for f in files]
+        return out
+    finally:
+        repo.close()
+
+
+def test_sigkillDuringResultUploads_keepsAcknowledgedAndAttestsAfterRestart(network, tmp_path: Path):
+    """Big result uploads in flight when the relay dies: what it acknowledged survives (and
+    is attested on-chain, by the restarted relay if need be); the rest is absent, not partial,
+    and the executor's retry succeeds."""
+    import hashlib
+
+    from crynux_common import scores
+    from relay_client.client import RelayClient, RelayConflict, ResultUpload
+
+    from .network import image_args, noise_png
+
+    relay = RelayProcess(rpc=network.rpc_url, deployment=network.write_deployment(tmp_path / "d.json"),
+                         data=tmp_path / "data", key=network.relay_key).start()
+    deliveries = []
+    try:
+        creator = RelayClient(relay.url, network.local(network.creator))
+        for k in range(5):
+            seed = network.next_seed()
+            args = image_args(seed, 2)
+            creator.put_args(args)
+            task_id = network.create_task(args, num_images=2)
+            executor = network.executor(task_id)
+            files = [ResultUpload(f"{i}.png", noise_png(seed * 10 + i, 900, 900)) for i in range(2)]
+            score, salt = scores.image_score([f.data for f in files]), scores.new_salt()
+            network.commit(task_id, executor, score, salt)
+            deliveries.append((task_id, executor, files, score, salt))
+
+        acked: dict[int, list[str]] = {}
+
+        def upload(d) -> None:
+            task_id, executor, files, score, salt = d
+            try:
+                out = RelayClient(relay.url, network.local(executor), timeout=60).upload_results(
+                    task_id, files, score, salt)
+            except Exception:
+                return
+            acked[task_id] = [f.sha256 for f in out.files]
+
+        threads = [threading.Thread(target=upload, args=(d,)) for d in deliveries]
+        for t in threads:
+            t.start()
+        deadline = time.time() + 60
+        while not acked and time.time() < deadline:
+            time.sleep(0.01)
+        relay.kill()  # right after the first acknowledgement: others are mid-way
+        for t in threads:
+            t.join(30)
+        assert acked, "no upload was acknowledged before the kill"
+
+        stored = _check_deliveries_consistent(relay.data)
+        for task_id, hashes in acked.items():
+            assert stored[task_id] == hashes
+
+        relay.start()
+        for task_id, executor, files, score, salt in deliveries:
+            node = RelayClient(relay.url, network.local(executor))
+            if task_id not in stored:
+                out = node.upload_results(task_id, files, score, salt)  # the executor retries
+                assert out.attestation.state == "mined"
+            else:
+                with pytest.raises(RelayConflict):
+                    node.upload_results(task_id, files, score, salt)
+        # Deliveries stored before the kill but not yet attested are attested by the worker.
+        deadline = time.time() + 30
+        while time.time() < deadline and not all(network.task(d[0]).delivered for d in deliveries):
+            time.sleep(0.5)
+        assert all(network.task(d[0]).delivered for d in deliveries)
+        for task_id, _executor, files, _score, _salt in deliveries:
+            got = creator.download_results(task_id)
+            assert [hashlib.sha256(g).hexdigest() for g in got] == [hashlib.sha256(f.data).hexdigest() for f in files]
+        _check_deliveries_consistent(relay.data)
+    finally:
+        relay.stop()
