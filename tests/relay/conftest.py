@@ -52,19 +52,28 @@ def rpc_url(chain) -> str:  # type: ignore[no-untyped-def]
 from .network import Network, deploy_network  # noqa: E402
 
 
-@pytest.fixture(scope="session")
-def network(project, accounts, token, owner, treasury, rpc_url) -> Network:  # type: ignore[no-untyped-def]
-    """CNX token, NodeRegistry and TaskMarket on the session's Anvil, five joined nodes, a
+@pytest.fixture
+def _function_isolation():  # type: ignore[no-untyped-def]
+    """No chain snapshot/revert around each test of this package: a relay process keeps state
+    outside the chain, so the chain must not move back under it. Ape's module isolation still
+    reverts everything a module did when it ends (each module deploys its own network)."""
+    yield
+
+
+@pytest.fixture(scope="module")
+def network(project, accounts, owner, treasury, rpc_url) -> Network:  # type: ignore[no-untyped-def]
+    """CNX token, NodeRegistry and TaskMarket on the session's Anvil, ten joined nodes, a
     funded application, the relay's account holding RELAY_ROLE; audit draws off (0 bps)."""
     for name in ("NodeRegistry", "TaskMarket"):
         if not hasattr(project, name):
             pytest.skip(f"the contract {name} is not in this tree yet")
+    token = owner.deploy(project.CNXToken, owner, treasury)
     return deploy_network(project, accounts, token, owner, treasury, rpc_url)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def relay_proc(network: Network, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    """A relay process (SQLite + files) serving the network, shared by a test session."""
+    """A relay process (SQLite + files) serving the module's network."""
     from .helpers import RelayProcess
 
     root = tmp_path_factory.mktemp("relay")

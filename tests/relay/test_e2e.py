@@ -411,7 +411,7 @@ BAD_REQUESTS: list[tuple[str, Callable[..., httpx.Response], int, str]] = [
     ("commitment mismatch (other salt)", _case_commitment_mismatch, 422, "commitment_mismatch"),
     ("salt not 32 bytes", _case_bad_salt, 400, "bad_field"),
     ("results not multipart", _case_not_multipart, 400, "bad_content_type"),
-    ("garbage multipart", _case_garbage_multipart, 400, "malformed_multipart"),
+    ("truncated multipart (fields missing)", _case_garbage_multipart, 400, "bad_field"),
     ("a result file over 20 MiB", _case_result_file_oversize, 413, "too_large"),
     ("a task's results over 200 MiB", _case_task_results_oversize, 413, "too_large"),
 ]

@@ -169,7 +169,7 @@ def test_sigkillDuringResultUploads_keepsAcknowledgedAndAttestsAfterRestart(netw
     import hashlib
 
     from crynux_common import scores
-    from relay_client.client import RelayClient, RelayConflict, ResultUpload
+    from relay_client.client import RelayClient, RelayConflict, ResultUpload, encode_multipart
 
     from .network import image_args, noise_png
 
@@ -178,7 +178,7 @@ def test_sigkillDuringResultUploads_keepsAcknowledgedAndAttestsAfterRestart(netw
     deliveries = []
     try:
         creator = RelayClient(relay.url, network.local(network.creator))
-        for k in range(5):
+        for _ in range(6):
             seed = network.next_seed()
             args = image_args(seed, 2)
             creator.put_args(args)
@@ -200,7 +200,17 @@ def test_sigkillDuringResultUploads_keepsAcknowledgedAndAttestsAfterRestart(netw
                 return
             acked[task_id] = [f.sha256 for f in out.files]
 
-        threads = [threading.Thread(target=upload, args=(d,)) for d in deliveries]
+        # The first delivery is sent only half-way (its bytes are in the relay when it dies).
+        task_id, executor, files, score, salt = deliveries[0]
+        body, ctype = encode_multipart({"score": "0x" + score.hex(), "salt": "0x" + salt.hex()}, files)
+        target = f"/v1/tasks/{task_id}/results"
+        head = (f"POST {target} HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                + "".join(f"{k}: {v}\r\n" for k, v in sign_request(network.local(executor), "POST", target, body)
+                          .as_dict().items()) + "\r\n")
+        half = socket.create_connection(("127.0.0.1", relay.port))
+        half.sendall(head.encode() + body[: len(body) // 2])
+
+        threads = [threading.Thread(target=upload, args=(d,)) for d in deliveries[1:]]
         for t in threads:
             t.start()
         deadline = time.time() + 60
@@ -209,9 +219,11 @@ def test_sigkillDuringResultUploads_keepsAcknowledgedAndAttestsAfterRestart(netw
         relay.kill()  # right after the first acknowledgement: others are mid-way
         for t in threads:
             t.join(30)
+        half.close()
         assert acked, "no upload was acknowledged before the kill"
 
         stored = _check_deliveries_consistent(relay.data)
+        assert deliveries[0][0] not in stored
         for task_id, hashes in acked.items():
             assert stored[task_id] == hashes
 
