@@ -216,7 +216,7 @@ class Web3TaskChain:
         request_timeout: float = 10.0,
         receipt_timeout: float = 60.0,
         attest_deadline: float = 120.0,
-        poll_interval: float = 0.2,
+        poll_interval: float = 0.05,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": request_timeout}))

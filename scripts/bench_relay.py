@@ -12,6 +12,7 @@ writes bench/relay.json.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
 import tempfile
@@ -22,6 +23,7 @@ import click
 from ape import accounts, chain, project
 from ape.cli import ConnectedProviderCommand, network_option
 from eth_account import Account
+from eth_keys import KeyAPI
 from eth_utils import keccak
 
 from crynux_common import scores
@@ -128,7 +130,9 @@ def cli(network: str, tasks: int, out: Path) -> None:
         "chain": "Anvil (auto-mine)",
         "sign_ms": round(sign_s * 1000, 2),
         "verify_ms": round(verify_s * 1000, 2),
-        "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()},
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "load_average_1m": round(os.getloadavg()[0], 2)},
+        "secp256k1_backend": type(KeyAPI().backend).__name__,
         "results": rows,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -141,5 +145,6 @@ def cli(network: str, tasks: int, out: Path) -> None:
     for r in rows:
         click.echo(f"{r['operation']:<66} {r['count']:>4} {r['per_second']:>7} {r['p50_ms']:>8} "
                    f"{r['p95_ms']:>8} {r['mb_per_second']:>6}")
-    click.echo(f"signature: sign {report['sign_ms']} ms, verify {report['verify_ms']} ms (pure-Python secp256k1)")
+    click.echo(f"signature: sign {report['sign_ms']} ms, verify {report['verify_ms']} ms "
+               f"({report['secp256k1_backend']}); load average {report['machine']['load_average_1m']}")
     click.echo(f"written to {out}")

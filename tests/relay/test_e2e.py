@@ -10,7 +10,6 @@ import json
 import socket
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import httpx
