@@ -1,0 +1,425 @@
+"""The relay's view of the chain: a small typed gateway over web3.py.
+
+The server depends only on the :class:`TaskChain` protocol (read a task, read a
+commitment, attest a delivery, a few statistics); :class:`Web3TaskChain` implements it
+against the deployed TaskMarket, with the relay's own key for ``attestDelivery``.
+
+The deployment file is the project's (``crynux_common.deployment.Deployment``, written by
+the deploy script)::
+
+    {"network": "local", "chain_id": 31337, "block": 0,
+     "contracts": {"TaskMarket": {"address": "0x...", "abi": [...]},
+                   "NodeRegistry": {"address": "0x...", "abi": [...]}, ...}}
+
+An entry without ``abi`` takes it from Ape's compiled artifacts (``.build/__local__.json``,
+``contractTypes.<Name>.abi``); a flat ``{"TaskMarket": "0x..."}`` is accepted too.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from eth_utils import to_checksum_address
+from web3 import Web3
+from web3.exceptions import ContractCustomError, ContractLogicError, TimeExhausted, Web3Exception
+
+log = logging.getLogger(__name__)
+
+ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
+MARKET_NAMES = ("TaskMarket", "taskMarket", "market", "task_market")
+REGISTRY_NAMES = ("NodeRegistry", "nodeRegistry", "registry", "node_registry")
+
+
+class ChainError(Exception):
+    """A chain operation failed."""
+
+
+class ChainUnavailable(ChainError):
+    """The RPC endpoint cannot be reached or answered with a transport error (transient)."""
+
+
+class AttestRejected(ChainError):
+    """The market refused the attestation (a revert): retrying will not help."""
+
+
+class DeploymentError(ChainError):
+    """The deployment file or the compiled artifacts lack what the relay needs."""
+
+
+@dataclass(frozen=True)
+class TaskView:
+    """The fields of a market task the relay uses (the rest is in ``raw``)."""
+
+    task_id: int
+    creator: str
+    task_type: int
+    status: int
+    args_hash: bytes
+    fee: int
+    num_images: int
+    executor: str
+    auditors: tuple[str, ...]
+    delivered: bool
+    drawn: bool
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def is_assigned(self, node: str) -> bool:
+        """True when ``node`` is the executor or one of the auditors."""
+        n = node.lower()
+        return n != ZERO_ADDRESS and (n == self.executor.lower() or any(n == a.lower() for a in self.auditors))
+
+
+@dataclass(frozen=True)
+class AttestResult:
+    task_id: int
+    tx_hash: str | None  # None when the task was already marked delivered on-chain
+    block_number: int | None
+    already_delivered: bool
+
+
+class TaskChain(Protocol):
+    """What the relay server needs from the chain."""
+
+    def get_task(self, task_id: int) -> TaskView | None:
+        """The task, or None when the market has no such task. Raises ChainUnavailable."""
+        ...
+
+    def commitment_of(self, task_id: int, node: str) -> bytes:
+        """The node's 32-byte result commitment for the task (zero bytes if none)."""
+        ...
+
+    def attest_delivery(self, task_id: int, *, deadline: float | None = None) -> AttestResult:
+        """Sends ``attestDelivery(taskId)`` with the relay's key and waits until it is mined,
+        retrying transient failures until ``deadline`` (unix time; None = a default).
+        Raises AttestRejected on a revert, ChainUnavailable when the deadline passes."""
+        ...
+
+    def stats(self) -> dict[str, int]:
+        """Public numbers read from the chain (block number, task count ...)."""
+        ...
+
+    @property
+    def relay_address(self) -> str: ...
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def _decode(value: Any, abi_out: dict[str, Any]) -> Any:
+    """Turns a web3 tuple for an ABI struct into a dict keyed by snake_case field names."""
+    if abi_out.get("type", "").startswith("tuple") and "components" in abi_out:
+        if abi_out["type"] == "tuple":
+            return {
+                _snake(c["name"]): _decode(v, c) for c, v in zip(abi_out["components"], value, strict=True)
+            }
+        inner = dict(abi_out, type=abi_out["type"][: abi_out["type"].rindex("[")])
+        return [_decode(v, inner) for v in value]
+    return value
+
+
+def load_compiled_abi(build_dir: Path, contract: str) -> list[dict[str, Any]]:
+    """The ABI of ``contract`` from Ape's compiled artifacts in ``build_dir``."""
+    manifest = build_dir / "__local__.json"
+    if manifest.is_file():
+        data = json.loads(manifest.read_text())
+        ctype = data.get("contractTypes", {}).get(contract)
+        if ctype and ctype.get("abi"):
+            return list(ctype["abi"])
+    single = build_dir / "contract_types" / f"{contract}.json"  # older Ape layout
+    if single.is_file():
+        return list(json.loads(single.read_text())["abi"])
+    raise DeploymentError(f"no compiled ABI of {contract} in {build_dir} (run `ape compile`)")
+
+
+@dataclass(frozen=True)
+class Deployment:
+    market_address: str
+    market_abi: list[dict[str, Any]]
+    chain_id: int | None = None
+    registry_address: str | None = None
+    registry_abi: list[dict[str, Any]] | None = None
+
+
+def _find(contracts: dict[str, Any], names: tuple[str, ...]) -> tuple[str | None, list[dict[str, Any]] | None]:
+    for name in names:
+        entry = contracts.get(name)
+        if entry is None:
+            continue
+        if isinstance(entry, str):
+            return entry, None
+        return entry.get("address"), entry.get("abi")
+    return None, None
+
+
+def load_deployment(path: Path, build_dir: Path | None = None) -> Deployment:
+    """Reads a deployment file; ABIs missing from it come from ``build_dir``."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise DeploymentError(f"cannot read the deployment file {path}: {exc}") from exc
+    contracts = data.get("contracts", data)
+    market, market_abi = _find(contracts, MARKET_NAMES)
+    if not market:
+        raise DeploymentError(f"{path} names no TaskMarket address")
+    registry, registry_abi = _find(contracts, REGISTRY_NAMES)
+    build = Path(build_dir) if build_dir else Path(".build")
+    if market_abi is None:
+        market_abi = load_compiled_abi(build, "TaskMarket")
+    if registry and registry_abi is None:
+        try:
+            registry_abi = load_compiled_abi(build, "NodeRegistry")
+        except DeploymentError:
+            registry_abi = None
+    chain_id = data.get("chain_id", data.get("chainId"))
+    return Deployment(
+        market_address=to_checksum_address(market),
+        market_abi=market_abi,
+        chain_id=int(chain_id) if chain_id is not None else None,
+        registry_address=to_checksum_address(registry) if registry else None,
+        registry_abi=registry_abi,
+    )
+
+
+def _is_transport_error(exc: BaseException) -> bool:
+    import requests  # web3's HTTP provider uses requests
+
+    return isinstance(exc, (requests.exceptions.RequestException, ConnectionError, TimeoutError, OSError))
+
+
+# Parameterless view functions whose values the public statistics show, when the market has them.
+_STAT_FUNCTIONS = (
+    "nextTaskId", "taskCount", "queueSize", "queueLength", "auditPool", "pendingAuditCount",
+)
+# INodeRegistry.NodeStatus order; countsByStatus()[0] counts every address that ever joined.
+_NODE_STATUS_LABELS = ("joined", "available", "busy", "pending_pause", "paused", "pending_quit", "quit")
+_REGISTRY_STAT_FUNCTIONS = ("nodeCount", "availableNodeCount", "totalNodes", "activeNodeCount")
+
+
+class Web3TaskChain:
+    """:class:`TaskChain` over web3.py (HTTP RPC) with the relay's local key."""
+
+    def __init__(
+        self,
+        rpc_url: str,
+        deployment: Deployment,
+        account: LocalAccount | None,
+        *,
+        request_timeout: float = 10.0,
+        receipt_timeout: float = 60.0,
+        attest_deadline: float = 120.0,
+        poll_interval: float = 0.05,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": request_timeout}))
+        self.deployment = deployment
+        self.market = self.w3.eth.contract(address=deployment.market_address, abi=deployment.market_abi)
+        self.registry = (
+            self.w3.eth.contract(address=deployment.registry_address, abi=deployment.registry_abi)
+            if deployment.registry_address and deployment.registry_abi
+            else None
+        )
+        self._account = account
+        self._receipt_timeout = receipt_timeout
+        self._attest_deadline = attest_deadline
+        self._poll = poll_interval
+        self._sleep = sleep
+        self._send_lock = threading.Lock()
+        self._next_nonce: int | None = None
+        self._chain_id: int | None = deployment.chain_id
+        self._get_task_abi = self._function_abi("getTask")
+        self._rpc_url = rpc_url
+
+    # --- helpers --------------------------------------------------------------------------
+
+    def _function_abi(self, name: str) -> dict[str, Any]:
+        for item in self.deployment.market_abi:
+            if item.get("type") == "function" and item.get("name") == name:
+                return item
+        raise DeploymentError(f"the TaskMarket ABI has no function {name}")
+
+    def _has(self, abi: list[dict[str, Any]] | None, name: str) -> bool:
+        return any(
+            i.get("type") == "function" and i.get("name") == name and not i.get("inputs") for i in abi or []
+        )
+
+    def _call(self, fn: Any) -> Any:
+        try:
+            return fn.call()
+        except (ContractLogicError, ContractCustomError):
+            raise
+        except Exception as exc:
+            if _is_transport_error(exc) or isinstance(exc, Web3Exception):
+                raise ChainUnavailable(f"RPC call failed: {exc}") from exc
+            raise
+
+    @property
+    def relay_address(self) -> str:
+        return self._account.address if self._account else ZERO_ADDRESS
+
+    def chain_id(self) -> int:
+        if self._chain_id is None:
+            try:
+                self._chain_id = int(self.w3.eth.chain_id)
+            except Exception as exc:
+                raise ChainUnavailable(f"cannot read the chain id: {exc}") from exc
+        return self._chain_id
+
+    def describe(self) -> str:
+        return f"TaskMarket {self.deployment.market_address} via {self._rpc_url}"
+
+    # --- reads ----------------------------------------------------------------------------
+
+    def get_task(self, task_id: int) -> TaskView | None:
+        if task_id < 0 or task_id >= 2**256:
+            return None
+        try:
+            value = self._call(self.market.functions.getTask(task_id))
+        except (ContractLogicError, ContractCustomError):
+            return None  # the market reverts for unknown ids
+        outputs = self._get_task_abi["outputs"]
+        if len(outputs) == 1:
+            fields = _decode(value, outputs[0])
+        else:
+            fields = {_snake(o["name"]): _decode(v, o) for o, v in zip(outputs, value, strict=True)}
+        creator = fields.get("creator", ZERO_ADDRESS)
+        if int(creator, 16) == 0:
+            return None  # a zeroed struct: no such task
+        auditors = fields.get("auditors", ())
+        return TaskView(
+            task_id=task_id,
+            creator=to_checksum_address(creator),
+            task_type=int(fields.get("task_type", 0)),
+            status=int(fields.get("status", 0)),
+            args_hash=bytes(fields.get("args_hash", b"")),
+            fee=int(fields.get("fee", 0)),
+            num_images=int(fields.get("num_images", 0)),
+            executor=to_checksum_address(fields.get("executor", ZERO_ADDRESS)),
+            auditors=tuple(to_checksum_address(a) for a in auditors),
+            delivered=bool(fields.get("delivered", False)),
+            drawn=bool(fields.get("drawn", False)),
+            raw=fields,
+        )
+
+    def commitment_of(self, task_id: int, node: str) -> bytes:
+        try:
+            return bytes(self._call(self.market.functions.commitmentOf(task_id, to_checksum_address(node))))
+        except (ContractLogicError, ContractCustomError):
+            return b"\x00" * 32
+
+    def stats(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        try:
+            out["block_number"] = int(self.w3.eth.block_number)
+            out["chain_id"] = self.chain_id()
+        except Exception as exc:
+            raise ChainUnavailable(f"cannot read the chain: {exc}") from exc
+        for name in _STAT_FUNCTIONS:
+            if self._has(self.deployment.market_abi, name):
+                try:
+                    out[_snake(name)] = int(getattr(self.market.functions, name)().call())
+                except Exception as exc:  # a statistic is not worth failing the request
+                    log.debug("stat %s failed: %s", name, exc)
+        if self.registry is not None:
+            if self._has(self.deployment.registry_abi, "countsByStatus"):
+                try:
+                    counts = list(self.registry.functions.countsByStatus().call())
+                    for i, label in enumerate(_NODE_STATUS_LABELS[: len(counts)]):
+                        out[f"nodes_{label}"] = int(counts[i])
+                except Exception as exc:
+                    log.debug("stat countsByStatus failed: %s", exc)
+            for name in _REGISTRY_STAT_FUNCTIONS:
+                if self._has(self.deployment.registry_abi, name):
+                    try:
+                        out[_snake(name)] = int(getattr(self.registry.functions, name)().call())
+                    except Exception as exc:
+                        log.debug("stat %s failed: %s", name, exc)
+        return out
+
+    # --- attestation ----------------------------------------------------------------------
+
+    def _send_attestation(self, task_id: int) -> str:
+        assert self._account is not None
+        fn = self.market.functions.attestDelivery(task_id)
+        with self._send_lock:
+            pending = int(self.w3.eth.get_transaction_count(self._account.address, "pending"))
+            nonce = max(pending, self._next_nonce or 0)
+            try:
+                # Estimated against the pending block: the delivery may arrive in the block of the
+                # executor's commit, and the draw needs the hash of that block (next block on).
+                gas = fn.estimate_gas({"from": self._account.address}, block_identifier="pending")
+                tx = fn.build_transaction(
+                    {"from": self._account.address, "nonce": nonce, "chainId": self.chain_id(),
+                     "gas": int(gas * 1.25) + 20_000}
+                )
+            except (ContractLogicError, ContractCustomError) as exc:
+                raise AttestRejected(f"attestDelivery({task_id}) would revert: {exc}") from exc
+            signed = self._account.sign_transaction(tx)
+            tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
+            self._next_nonce = nonce + 1
+        return "0x" + bytes(tx_hash).hex()
+
+    def attest_delivery(self, task_id: int, *, deadline: float | None = None) -> AttestResult:
+        if self._account is None:
+            raise ChainError("the relay has no key: it cannot attest deliveries")
+        end = deadline if deadline is not None else time.time() + self._attest_deadline
+        backoff = 0.25
+        last: Exception | None = None
+        while True:
+            try:
+                task = self.get_task(task_id)
+                if task is None:
+                    raise AttestRejected(f"task {task_id} does not exist")
+                if task.delivered:
+                    return AttestResult(task_id, None, None, already_delivered=True)
+                tx_hash = self._send_attestation(task_id)
+                log.info("attestDelivery(%d) sent: %s", task_id, tx_hash)
+                receipt = self.w3.eth.wait_for_transaction_receipt(
+                    tx_hash, timeout=max(1.0, min(self._receipt_timeout, end - time.time())),
+                    poll_latency=self._poll,
+                )
+                if receipt["status"] != 1:
+                    # Reverted when mined (a race with a timeout or another attestation).
+                    again = self.get_task(task_id)
+                    if again is not None and again.delivered:
+                        return AttestResult(task_id, None, None, already_delivered=True)
+                    raise AttestRejected(f"attestDelivery({task_id}) reverted in tx {tx_hash}")
+                log.info("attestDelivery(%d) mined in block %d", task_id, receipt["blockNumber"])
+                return AttestResult(task_id, tx_hash, int(receipt["blockNumber"]), already_delivered=False)
+            except AttestRejected:
+                raise
+            except (ChainUnavailable, TimeExhausted, Web3Exception, OSError, ValueError) as exc:
+                # ValueError: web3 raises it for JSON-RPC errors (nonce too low, underpriced ...).
+                last = exc
+                with self._send_lock:
+                    self._next_nonce = None
+                log.warning("attestDelivery(%d) not mined yet (%s); retrying", task_id, exc)
+            except Exception as exc:
+                if not _is_transport_error(exc):
+                    raise
+                last = exc
+                log.warning("attestDelivery(%d): RPC unreachable (%s); retrying", task_id, exc)
+            if time.time() + backoff > end:
+                raise ChainUnavailable(f"attestDelivery({task_id}) not mined before the deadline: {last}")
+            self._sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+
+def load_account(key_file: Path | None, env_value: str | None) -> LocalAccount | None:
+    """The relay's key from a file (hex private key) or an environment value."""
+    raw: str | None = None
+    if key_file is not None:
+        raw = Path(key_file).read_text().strip()
+    elif env_value:
+        raw = env_value.strip()
+    if not raw:
+        return None
+    return Account.from_key(raw)
