@@ -29,6 +29,10 @@ contract NodeMining is INodeMining, AccessControl {
     /// @notice Role of the callers of `updateWeight` (the node registry).
     bytes32 public constant REPORTER_ROLE = keccak256("REPORTER_ROLE");
 
+    /// @notice How far before its deployment block the start may lie (a deploy script gives
+    ///         both mining contracts the same start, read a few blocks earlier).
+    uint256 public constant MAX_START_LAG = 1 days;
+
     /// @notice Fixed-point scale of the reward-per-unit-of-weight accumulator.
     uint256 public constant ACC_PRECISION = 1e18;
 
@@ -80,7 +84,8 @@ contract NodeMining is INodeMining, AccessControl {
     /// @notice Thrown when the admin given at deployment is the zero address.
     error NodeMiningZeroAdmin();
 
-    /// @notice Thrown when the start time given at deployment is in the past.
+    /// @notice Thrown when the start time given at deployment lies more than MAX_START_LAG
+    ///         before the deployment block.
     /// @param startTime The start time given.
     /// @param nowTime The deployment block's timestamp.
     error NodeMiningStartInPast(uint256 startTime, uint256 nowTime);
@@ -96,12 +101,14 @@ contract NodeMining is INodeMining, AccessControl {
 
     /// @param token_ The CNX token; grant this contract its MINTER_ROLE after deployment.
     /// @param admin Receives DEFAULT_ADMIN_ROLE (grants REPORTER_ROLE to the registry).
-    /// @param startTime_ When emission may start (unix seconds); 0 = the deployment block.
+    /// @param startTime_ When emission may start (unix seconds); 0 = the deployment block. A
+    ///        start up to MAX_START_LAG in the past changes nothing: the clock only runs once
+    ///        a node has a weight.
     constructor(CNXToken token_, address admin, uint256 startTime_) {
         if (address(token_) == address(0)) revert NodeMiningZeroToken();
         if (admin == address(0)) revert NodeMiningZeroAdmin();
         uint256 start = startTime_ == 0 ? block.timestamp : startTime_;
-        if (start < block.timestamp) revert NodeMiningStartInPast(startTime_, block.timestamp);
+        if (start + MAX_START_LAG < block.timestamp) revert NodeMiningStartInPast(startTime_, block.timestamp);
         token = token_;
         pool = (token_.CAP() * 2) / 5;
         startTime = start;

@@ -28,6 +28,10 @@ contract TaskMining is ITaskMining, AccessControl {
     /// @notice Role of the callers of `recordSuccess` (the task market).
     bytes32 public constant REPORTER_ROLE = keccak256("REPORTER_ROLE");
 
+    /// @notice How far before its deployment block the start may lie (a deploy script gives
+    ///         both mining contracts the same start, read a few blocks earlier).
+    uint256 public constant MAX_START_LAG = 1 days;
+
     /// @notice The length of a month (epoch) in seconds: 365.25 days / 12.
     uint256 public constant MONTH = EmissionMath.MONTH;
 
@@ -79,7 +83,8 @@ contract TaskMining is ITaskMining, AccessControl {
     /// @notice Thrown when the admin given at deployment is the zero address.
     error TaskMiningZeroAdmin();
 
-    /// @notice Thrown when the start time given at deployment is in the past.
+    /// @notice Thrown when the start time given at deployment lies more than MAX_START_LAG
+    ///         before the deployment block.
     /// @param startTime The start time given.
     /// @param nowTime The deployment block's timestamp.
     error TaskMiningStartInPast(uint256 startTime, uint256 nowTime);
@@ -96,12 +101,13 @@ contract TaskMining is ITaskMining, AccessControl {
 
     /// @param token_ The CNX token; grant this contract its MINTER_ROLE after deployment.
     /// @param admin Receives DEFAULT_ADMIN_ROLE (grants REPORTER_ROLE to the task market).
-    /// @param startTime_ Start of month 0 (unix seconds); 0 = the deployment block.
+    /// @param startTime_ Start of month 0 (unix seconds); 0 = the deployment block; at most
+    ///        MAX_START_LAG in the past.
     constructor(CNXToken token_, address admin, uint256 startTime_) {
         if (address(token_) == address(0)) revert TaskMiningZeroToken();
         if (admin == address(0)) revert TaskMiningZeroAdmin();
         uint256 start = startTime_ == 0 ? block.timestamp : startTime_;
-        if (start < block.timestamp) revert TaskMiningStartInPast(startTime_, block.timestamp);
+        if (start + MAX_START_LAG < block.timestamp) revert TaskMiningStartInPast(startTime_, block.timestamp);
         token = token_;
         pool = (token_.CAP() * 2) / 5;
         startTime = start;

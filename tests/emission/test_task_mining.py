@@ -48,9 +48,14 @@ def test_constructor_setsPoolStartAndRoles(task_mining, token, owner, reporter):
 
 
 def test_constructor_failsIfStartInPast(project, token, owner, chain):
+    """A start up to one day back is accepted (a deploy script's `now`), not more."""
     now = chain.pending_timestamp
-    with ape.reverts(project.TaskMining.TaskMiningStartInPast, startTime=now - 1, nowTime=now):
-        owner.deploy(project.TaskMining, token, owner, now - 1)
+    with ape.reverts(project.TaskMining.TaskMiningStartInPast, startTime=now - 86_401, nowTime=now):
+        owner.deploy(project.TaskMining, token, owner, now - 86_401)
+    chain.pending_timestamp = now + 1
+    contract = owner.deploy(project.TaskMining, token, owner, now - 86_399)
+    assert contract.startTime() == now - 86_399
+    assert contract.MAX_START_LAG() == 86_400
 
 
 def test_constructor_failsIfZeroTokenOrAdmin(project, token, owner):
