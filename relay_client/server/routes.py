@@ -6,10 +6,10 @@ import io
 import json
 import logging
 from dataclasses import dataclass
-from typing import Annotated, AsyncIterator
+from typing import Annotated, AsyncIterator, Callable
 
 from eth_utils import keccak
-from fastapi import APIRouter, Path, Request, Response
+from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from PIL import Image
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
@@ -87,16 +87,40 @@ def ctx(request: Request) -> RelayContext:
     return request.app.state.relay  # type: ignore[no-any-return]
 
 
-async def _signed(request: Request, limit: int) -> tuple[Body, Signer]:
-    c = ctx(request)
-    body = await read_body(request, limit)
-    try:
-        signer = await c.auth.authenticate(request, body.sha256)
-    except ApiError as exc:
-        c.metrics.auth_failures.labels(exc.code).inc()
-        body.close()
-        raise
-    return body, signer
+@dataclass
+class Signed:
+    """An authenticated request: its signer and its body (spooled, hashed)."""
+
+    signer: Signer
+    body: Body
+
+
+class SignedRequest:
+    """FastAPI dependency of every private route: reads the body once within the route's size
+    limit (413), verifies the signature and the time window and refuses replays (401)."""
+
+    def __init__(self, limit: Callable[[RelaySettings], int]) -> None:
+        self._limit = limit
+
+    async def __call__(self, request: Request) -> AsyncIterator[Signed]:
+        c = ctx(request)
+        body = await read_body(request, self._limit(c.settings))
+        try:
+            try:
+                signer = await c.auth.authenticate(request, body.sha256)
+            except ApiError as exc:
+                c.metrics.auth_failures.labels(exc.code).inc()
+                raise
+            yield Signed(signer, body)
+        finally:
+            body.close()
+
+
+ArgsUpload = Annotated[Signed, Depends(SignedRequest(lambda s: s.max_args_bytes))]
+ResultsUpload = Annotated[
+    Signed, Depends(SignedRequest(lambda s: s.max_task_result_bytes + s.multipart_overhead_bytes))
+]
+SignedRead = Annotated[Signed, Depends(SignedRequest(lambda s: s.max_unsigned_body_bytes))]
 
 
 async def _task(c: RelayContext, task_id: int) -> TaskView:
@@ -148,13 +172,10 @@ router = APIRouter()
     },
     tags=["arguments"],
 )
-async def put_args(request: Request, args_hash: ArgsHash) -> Response:
+async def put_args(request: Request, args_hash: ArgsHash, signed: ArgsUpload) -> Response:
     c = ctx(request)
-    body, signer = await _signed(request, c.settings.max_args_bytes)
-    try:
-        data = body.read_all()
-    finally:
-        body.close()
+    signer = signed.signer
+    data = signed.body.read_all()
     actual = _hex(keccak(data))
     if actual != args_hash.lower():
         raise unprocessable("args_hash_mismatch", f"keccak256 of the body is {actual}, not {args_hash}")
@@ -182,10 +203,9 @@ async def put_args(request: Request, args_hash: ArgsHash) -> Response:
     openapi_extra=SIGNED,
     tags=["arguments"],
 )
-async def get_own_args(request: Request, args_hash: ArgsHash) -> Response:
+async def get_own_args(request: Request, args_hash: ArgsHash, signed: SignedRead) -> Response:
     c = ctx(request)
-    body, signer = await _signed(request, c.settings.max_unsigned_body_bytes)
-    body.close()
+    signer = signed.signer
     record = await run_in_threadpool(c.store.repo.get_args, args_hash, signer.address)
     if record is None:
         raise not_found("args_not_uploaded", f"{signer.address} has not uploaded {args_hash}")
@@ -207,10 +227,9 @@ async def get_own_args(request: Request, args_hash: ArgsHash) -> Response:
     openapi_extra=SIGNED,
     tags=["arguments"],
 )
-async def get_task_args(request: Request, task_id: TaskId) -> Response:
+async def get_task_args(request: Request, task_id: TaskId, signed: SignedRead) -> Response:
     c = ctx(request)
-    body, signer = await _signed(request, c.settings.max_unsigned_body_bytes)
-    body.close()
+    signer = signed.signer
     task = await _task(c, task_id)
     if not task.is_assigned(signer.address):
         raise forbidden(f"{signer.address} is not assigned to task {task_id}")
@@ -342,10 +361,10 @@ def _check_result_files(task: TaskView, incoming: list[IncomingFile]) -> bytes:
     },
     tags=["results"],
 )
-async def post_results(request: Request, task_id: TaskId) -> Response:
+async def post_results(request: Request, task_id: TaskId, signed: ResultsUpload) -> Response:
     c = ctx(request)
     s = c.settings
-    body, signer = await _signed(request, s.max_task_result_bytes + s.multipart_overhead_bytes)
+    signer, body = signed.signer, signed.body
     uploads: list[UploadFile] = []
     try:
         task = await _task(c, task_id)
@@ -404,7 +423,6 @@ async def post_results(request: Request, task_id: TaskId) -> Response:
     finally:
         for up in uploads:
             await up.close()
-        body.close()
 
     outcome = await run_in_threadpool(c.attestor.attest, task_id, s.attest_wait_s)
     files = await run_in_threadpool(c.store.repo.result_files, task_id)
@@ -420,10 +438,8 @@ async def post_results(request: Request, task_id: TaskId) -> Response:
     return JSONResponse(out.model_dump(), status_code=202 if outcome.state == "pending" else 201)
 
 
-async def _delivered_for_creator(request: Request, task_id: int):  # type: ignore[no-untyped-def]
+async def _delivered_for_creator(request: Request, task_id: int, signer: Signer):  # type: ignore[no-untyped-def]
     c = ctx(request)
-    body, signer = await _signed(request, c.settings.max_unsigned_body_bytes)
-    body.close()
     task = await _task(c, task_id)
     if signer.lower != task.creator.lower():
         raise forbidden(f"{signer.address} is not the creator of task {task_id}")
@@ -442,8 +458,8 @@ async def _delivered_for_creator(request: Request, task_id: int):  # type: ignor
     openapi_extra=SIGNED,
     tags=["results"],
 )
-async def get_results(request: Request, task_id: TaskId) -> ResultManifest:
-    _c, task, delivery, files = await _delivered_for_creator(request, task_id)
+async def get_results(request: Request, task_id: TaskId, signed: SignedRead) -> ResultManifest:
+    _c, task, delivery, files = await _delivered_for_creator(request, task_id, signed.signer)
     return ResultManifest(
         task_id=task_id, task_type=task.task_type, node=delivery.node, score=delivery.score,
         files=[ResultFileInfo(index=f.idx, name=f.name, content_type=f.content_type, size=f.size, sha256=f.sha256)
@@ -461,9 +477,9 @@ async def get_results(request: Request, task_id: TaskId) -> ResultManifest:
     tags=["results"],
 )
 async def get_result_file(
-    request: Request, task_id: TaskId, index: Annotated[int, Path(ge=0, le=10_000)]
+    request: Request, task_id: TaskId, index: Annotated[int, Path(ge=0, le=10_000)], signed: SignedRead
 ) -> Response:
-    c, _task_view, _delivery, files = await _delivered_for_creator(request, task_id)
+    c, _task_view, _delivery, files = await _delivered_for_creator(request, task_id, signed.signer)
     if index >= len(files):
         raise not_found("no_such_file", f"task {task_id} has {len(files)} result files")
     f = files[index]
