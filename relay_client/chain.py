@@ -230,6 +230,9 @@ def _functions(abi: list[dict[str, Any]] | None) -> dict[str, _AbiFunction]:
     return {str(i["name"]): _AbiFunction(i) for i in abi or [] if i.get("type") == "function"}
 
 
+# AccessControlUnauthorizedAccount(address,bytes32): the relay's key lacks RELAY_ROLE.
+_ACCESS_CONTROL_SELECTOR = keccak(text="AccessControlUnauthorizedAccount(address,bytes32)")[:4].hex()
+
 # Parameterless view functions whose values the public statistics show, when the market has them.
 _STAT_FUNCTIONS = (
     "nextTaskId", "taskCount", "queueSize", "queueLength", "auditPool", "pendingAuditCount",
@@ -380,6 +383,15 @@ class Web3TaskChain:
                 log.debug("stat countsByStatus failed: %s", exc)
         return out
 
+    def has_relay_role(self) -> bool | None:
+        """Whether the relay's key holds RELAY_ROLE (None when the market cannot tell)."""
+        if self._account is None or "hasRole" not in self._market_fns or "RELAY_ROLE" not in self._market_fns:
+            return None
+        market = self.deployment.market_address
+        (role,) = self._call(self._market_fns, market, "RELAY_ROLE")
+        (has,) = self._call(self._market_fns, market, "hasRole", role, self._account.address)
+        return bool(has)
+
     # --- attestation ----------------------------------------------------------------------
 
     def _fees(self) -> dict[str, int]:
@@ -406,6 +418,9 @@ class Web3TaskChain:
                 # executor's commit, and the draw needs the hash of that block (next block on).
                 gas = int(self._rpc("eth_estimateGas", [{"from": sender, "to": to, "data": data}, "pending"]), 16)
             except _Reverted as exc:
+                if _ACCESS_CONTROL_SELECTOR in str(exc):
+                    # Not final: governance may grant the role; the worker keeps retrying.
+                    raise ChainError(f"the relay {sender} lacks RELAY_ROLE on the market: {exc}") from exc
                 raise AttestRejected(f"attestDelivery({task_id}) would revert: {exc}") from exc
             tx: dict[str, Any] = {
                 "chainId": self.chain_id(), "nonce": nonce, "to": to, "data": data, "value": 0,
