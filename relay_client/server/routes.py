@@ -133,6 +133,12 @@ async def _task(c: RelayContext, task_id: int) -> TaskView:
     return task
 
 
+def _safe_name(name: str | None, index: int) -> str:
+    """A file name fit for a header: printable ASCII without quotes or slashes, <= 100 chars."""
+    cleaned = "".join(ch if 32 < ord(ch) < 127 and ch not in '"\\/;' else "_" for ch in (name or ""))
+    return cleaned[:100] or f"file{index}"
+
+
 def _hex(data: bytes) -> str:
     return "0x" + data.hex()
 
@@ -386,8 +392,9 @@ async def post_results(request: Request, task_id: TaskId, signed: ResultsUpload)
             total += size
             incoming.append(
                 IncomingFile(
-                    name=(up.filename or f"file{len(incoming)}")[:255],
-                    content_type=(up.content_type or "application/octet-stream")[:100],
+                    name=_safe_name(up.filename, len(incoming)),
+                    # The relay names the type it checked, whatever the client claimed.
+                    content_type="image/png" if task.task_type == TaskType.IMAGE else "application/json",
                     file=up.file, size=size, sha256=digest,  # type: ignore[arg-type]
                 )
             )
@@ -488,7 +495,7 @@ async def get_result_file(
     return StreamingResponse(
         iterate_in_threadpool(chunks), media_type=f.content_type,
         headers={"Content-Length": str(f.size), "X-Crynux-SHA256": f.sha256,
-                 "Content-Disposition": f'attachment; filename="{f.name.replace(chr(34), "")}"'},
+                 "Content-Disposition": f'attachment; filename="{_safe_name(f.name, index)}"'},
     )
 
 
