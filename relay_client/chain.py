@@ -25,11 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
+from eth_abi import decode as abi_decode
+from eth_abi import encode as abi_encode
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from eth_utils import to_checksum_address
+from eth_utils import keccak, to_checksum_address
 from web3 import Web3
-from web3.exceptions import ContractCustomError, ContractLogicError, TimeExhausted, Web3Exception
 
 log = logging.getLogger(__name__)
 
@@ -189,11 +190,48 @@ def load_deployment(path: Path, build_dir: Path | None = None) -> Deployment:
     )
 
 
-def _is_transport_error(exc: BaseException) -> bool:
-    import requests  # web3's HTTP provider uses requests
+class _Reverted(Exception):
+    """An eth_call or eth_estimateGas reverted."""
 
-    return isinstance(exc, (requests.exceptions.RequestException, ConnectionError, TimeoutError, OSError))
 
+def _abi_type(item: dict[str, Any]) -> str:
+    """The canonical ABI type string of an input/output (tuples spelled out)."""
+    t = str(item["type"])
+    if t.startswith("tuple"):
+        return "(" + ",".join(_abi_type(c) for c in item["components"]) + ")" + t[len("tuple"):]
+    return t
+
+
+class _AbiFunction:
+    """One contract function, encoded and decoded with eth_abi (much cheaper than web3's
+    contract objects, which re-process the ABI on every call)."""
+
+    def __init__(self, item: dict[str, Any]) -> None:
+        self.name = str(item["name"])
+        self.inputs = [_abi_type(i) for i in item.get("inputs", [])]
+        self.outputs_abi = list(item.get("outputs", []))
+        self.outputs = [_abi_type(o) for o in self.outputs_abi]
+        self.selector = keccak(text=f"{self.name}({','.join(self.inputs)})")[:4]
+
+    def calldata(self, *args: Any) -> str:
+        return "0x" + (self.selector + abi_encode(self.inputs, list(args))).hex()
+
+    def decode(self, result: str) -> tuple[Any, ...]:
+        data = bytes.fromhex(result.removeprefix("0x"))
+        if not data and self.outputs:
+            raise ChainUnavailable(f"{self.name}: empty answer (no contract at the configured address?)")
+        try:
+            return tuple(abi_decode(self.outputs, data))
+        except Exception as exc:
+            raise ChainUnavailable(f"{self.name}: undecodable answer ({exc}): wrong ABI or address?") from exc
+
+
+def _functions(abi: list[dict[str, Any]] | None) -> dict[str, _AbiFunction]:
+    return {str(i["name"]): _AbiFunction(i) for i in abi or [] if i.get("type") == "function"}
+
+
+# AccessControlUnauthorizedAccount(address,bytes32): the relay's key lacks RELAY_ROLE.
+_ACCESS_CONTROL_SELECTOR = keccak(text="AccessControlUnauthorizedAccount(address,bytes32)")[:4].hex()
 
 # Parameterless view functions whose values the public statistics show, when the market has them.
 _STAT_FUNCTIONS = (
@@ -205,7 +243,7 @@ _REGISTRY_STAT_FUNCTIONS = ("nodeCount", "availableNodeCount", "totalNodes", "ac
 
 
 class Web3TaskChain:
-    """:class:`TaskChain` over web3.py (HTTP RPC) with the relay's local key."""
+    """:class:`TaskChain` over JSON-RPC (web3.py's HTTP provider) with the relay's local key."""
 
     def __init__(
         self,
@@ -221,12 +259,11 @@ class Web3TaskChain:
     ) -> None:
         self.w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": request_timeout}))
         self.deployment = deployment
-        self.market = self.w3.eth.contract(address=deployment.market_address, abi=deployment.market_abi)
-        self.registry = (
-            self.w3.eth.contract(address=deployment.registry_address, abi=deployment.registry_abi)
-            if deployment.registry_address and deployment.registry_abi
-            else None
-        )
+        self._market_fns = _functions(deployment.market_abi)
+        self._registry_fns = _functions(deployment.registry_abi) if deployment.registry_address else {}
+        for name in ("getTask", "commitmentOf", "attestDelivery"):
+            if name not in self._market_fns:
+                raise DeploymentError(f"the TaskMarket ABI has no function {name}")
         self._account = account
         self._receipt_timeout = receipt_timeout
         self._attest_deadline = attest_deadline
@@ -235,31 +272,31 @@ class Web3TaskChain:
         self._send_lock = threading.Lock()
         self._next_nonce: int | None = None
         self._chain_id: int | None = deployment.chain_id
-        self._get_task_abi = self._function_abi("getTask")
         self._rpc_url = rpc_url
+        self._request_id = 0
 
-    # --- helpers --------------------------------------------------------------------------
+    # --- JSON-RPC -------------------------------------------------------------------------
 
-    def _function_abi(self, name: str) -> dict[str, Any]:
-        for item in self.deployment.market_abi:
-            if item.get("type") == "function" and item.get("name") == name:
-                return item
-        raise DeploymentError(f"the TaskMarket ABI has no function {name}")
-
-    def _has(self, abi: list[dict[str, Any]] | None, name: str) -> bool:
-        return any(
-            i.get("type") == "function" and i.get("name") == name and not i.get("inputs") for i in abi or []
-        )
-
-    def _call(self, fn: Any) -> Any:
+    def _rpc(self, method: str, params: list[Any]) -> Any:
+        """One JSON-RPC request; ChainUnavailable on transport errors, _Reverted on reverts,
+        ValueError on other JSON-RPC errors."""
         try:
-            return fn.call()
-        except (ContractLogicError, ContractCustomError):
-            raise
+            response = self.w3.provider.make_request(method, params)  # type: ignore[arg-type]
         except Exception as exc:
-            if _is_transport_error(exc) or isinstance(exc, Web3Exception):
-                raise ChainUnavailable(f"RPC call failed: {exc}") from exc
-            raise
+            raise ChainUnavailable(f"{method} failed: {exc}") from exc
+        error = response.get("error")
+        if error:
+            message = str(error.get("message", error)) if isinstance(error, dict) else str(error)
+            code = error.get("code") if isinstance(error, dict) else None
+            if code == 3 or "revert" in message.lower():
+                raise _Reverted(f"{message} {error.get('data', '') if isinstance(error, dict) else ''}".strip())
+            raise ValueError(f"{method}: JSON-RPC error {code}: {message}")
+        return response.get("result")
+
+    def _call(self, fns: dict[str, _AbiFunction], address: str, name: str, *args: Any) -> tuple[Any, ...]:
+        fn = fns[name]
+        result = self._rpc("eth_call", [{"to": address, "data": fn.calldata(*args)}, "latest"])
+        return fn.decode(result)
 
     @property
     def relay_address(self) -> str:
@@ -267,10 +304,7 @@ class Web3TaskChain:
 
     def chain_id(self) -> int:
         if self._chain_id is None:
-            try:
-                self._chain_id = int(self.w3.eth.chain_id)
-            except Exception as exc:
-                raise ChainUnavailable(f"cannot read the chain id: {exc}") from exc
+            self._chain_id = int(self._rpc("eth_chainId", []), 16)
         return self._chain_id
 
     def describe(self) -> str:
@@ -282,12 +316,14 @@ class Web3TaskChain:
         if task_id < 0 or task_id >= 2**256:
             return None
         try:
-            value = self._call(self.market.functions.getTask(task_id))
-        except (ContractLogicError, ContractCustomError):
-            return None  # the market reverts for unknown ids
-        outputs = self._get_task_abi["outputs"]
+            value = self._call(self._market_fns, self.deployment.market_address, "getTask", task_id)
+        except _Reverted:
+            return None  # a market that reverts for unknown ids
+        except ValueError as exc:
+            raise ChainUnavailable(str(exc)) from exc
+        outputs = self._market_fns["getTask"].outputs_abi
         if len(outputs) == 1:
-            fields = _decode(value, outputs[0])
+            fields = _decode(value[0], outputs[0])
         else:
             fields = {_snake(o["name"]): _decode(v, o) for o, v in zip(outputs, value, strict=True)}
         creator = fields.get("creator", ZERO_ADDRESS)
@@ -311,61 +347,99 @@ class Web3TaskChain:
 
     def commitment_of(self, task_id: int, node: str) -> bytes:
         try:
-            return bytes(self._call(self.market.functions.commitmentOf(task_id, to_checksum_address(node))))
-        except (ContractLogicError, ContractCustomError):
+            (value,) = self._call(
+                self._market_fns, self.deployment.market_address, "commitmentOf", task_id,
+                to_checksum_address(node),
+            )
+        except _Reverted:
             return b"\x00" * 32
+        except ValueError as exc:
+            raise ChainUnavailable(str(exc)) from exc
+        return bytes(value)
 
     def stats(self) -> dict[str, int]:
         out: dict[str, int] = {}
         try:
-            out["block_number"] = int(self.w3.eth.block_number)
+            out["block_number"] = int(self._rpc("eth_blockNumber", []), 16)
             out["chain_id"] = self.chain_id()
-        except Exception as exc:
+        except (ValueError, ChainUnavailable) as exc:
             raise ChainUnavailable(f"cannot read the chain: {exc}") from exc
-        for name in _STAT_FUNCTIONS:
-            if self._has(self.deployment.market_abi, name):
-                try:
-                    out[_snake(name)] = int(getattr(self.market.functions, name)().call())
-                except Exception as exc:  # a statistic is not worth failing the request
-                    log.debug("stat %s failed: %s", name, exc)
-        if self.registry is not None:
-            if self._has(self.deployment.registry_abi, "countsByStatus"):
-                try:
-                    counts = list(self.registry.functions.countsByStatus().call())
-                    for i, label in enumerate(_NODE_STATUS_LABELS[: len(counts)]):
-                        out[f"nodes_{label}"] = int(counts[i])
-                except Exception as exc:
-                    log.debug("stat countsByStatus failed: %s", exc)
-            for name in _REGISTRY_STAT_FUNCTIONS:
-                if self._has(self.deployment.registry_abi, name):
+        sources = [(self._market_fns, self.deployment.market_address, _STAT_FUNCTIONS)]
+        if self.deployment.registry_address:
+            sources.append((self._registry_fns, self.deployment.registry_address, _REGISTRY_STAT_FUNCTIONS))
+        for fns, address, names in sources:
+            for name in names:
+                if name in fns and not fns[name].inputs:
                     try:
-                        out[_snake(name)] = int(getattr(self.registry.functions, name)().call())
-                    except Exception as exc:
+                        out[_snake(name)] = int(self._call(fns, address, name)[0])
+                    except Exception as exc:  # a statistic is not worth failing the request
                         log.debug("stat %s failed: %s", name, exc)
+        if "countsByStatus" in self._registry_fns and self.deployment.registry_address:
+            try:
+                (counts,) = self._call(self._registry_fns, self.deployment.registry_address, "countsByStatus")
+                for label, count in zip(_NODE_STATUS_LABELS, counts):
+                    out[f"nodes_{label}"] = int(count)
+            except Exception as exc:
+                log.debug("stat countsByStatus failed: %s", exc)
         return out
+
+    def has_relay_role(self) -> bool | None:
+        """Whether the relay's key holds RELAY_ROLE (None when the market cannot tell)."""
+        if self._account is None or "hasRole" not in self._market_fns or "RELAY_ROLE" not in self._market_fns:
+            return None
+        market = self.deployment.market_address
+        (role,) = self._call(self._market_fns, market, "RELAY_ROLE")
+        (has,) = self._call(self._market_fns, market, "hasRole", role, self._account.address)
+        return bool(has)
 
     # --- attestation ----------------------------------------------------------------------
 
+    def _fees(self) -> dict[str, int]:
+        block = self._rpc("eth_getBlockByNumber", ["latest", False])
+        base = block.get("baseFeePerGas") if block else None
+        if base is None:
+            return {"gasPrice": int(self._rpc("eth_gasPrice", []), 16)}
+        try:
+            tip = int(self._rpc("eth_maxPriorityFeePerGas", []), 16)
+        except ValueError:
+            tip = 10**9
+        return {"maxFeePerGas": 2 * int(base, 16) + tip, "maxPriorityFeePerGas": tip}
+
     def _send_attestation(self, task_id: int) -> str:
         assert self._account is not None
-        fn = self.market.functions.attestDelivery(task_id)
+        sender = self._account.address
+        to = self.deployment.market_address
+        data = self._market_fns["attestDelivery"].calldata(task_id)
         with self._send_lock:
-            pending = int(self.w3.eth.get_transaction_count(self._account.address, "pending"))
+            pending = int(self._rpc("eth_getTransactionCount", [sender, "pending"]), 16)
             nonce = max(pending, self._next_nonce or 0)
             try:
                 # Estimated against the pending block: the delivery may arrive in the block of the
                 # executor's commit, and the draw needs the hash of that block (next block on).
-                gas = fn.estimate_gas({"from": self._account.address}, block_identifier="pending")
-                tx = fn.build_transaction(
-                    {"from": self._account.address, "nonce": nonce, "chainId": self.chain_id(),
-                     "gas": int(gas * 1.25) + 20_000}
-                )
-            except (ContractLogicError, ContractCustomError) as exc:
+                gas = int(self._rpc("eth_estimateGas", [{"from": sender, "to": to, "data": data}, "pending"]), 16)
+            except _Reverted as exc:
+                if _ACCESS_CONTROL_SELECTOR in str(exc):
+                    # Not final: governance may grant the role; the worker keeps retrying.
+                    raise ChainError(f"the relay {sender} lacks RELAY_ROLE on the market: {exc}") from exc
                 raise AttestRejected(f"attestDelivery({task_id}) would revert: {exc}") from exc
+            tx: dict[str, Any] = {
+                "chainId": self.chain_id(), "nonce": nonce, "to": to, "data": data, "value": 0,
+                "gas": int(gas * 1.25) + 20_000, **self._fees(),
+            }
             signed = self._account.sign_transaction(tx)
-            tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
+            tx_hash = self._rpc("eth_sendRawTransaction", ["0x" + bytes(signed.raw_transaction).hex()])
             self._next_nonce = nonce + 1
-        return "0x" + bytes(tx_hash).hex()
+        return str(tx_hash)
+
+    def _wait_receipt(self, tx_hash: str, timeout: float) -> dict[str, Any]:
+        end = time.time() + timeout
+        while True:
+            receipt = self._rpc("eth_getTransactionReceipt", [tx_hash])
+            if receipt:
+                return dict(receipt)
+            if time.time() >= end:
+                raise ChainUnavailable(f"{tx_hash} not mined within {timeout:.0f} s")
+            self._sleep(self._poll)
 
     def attest_delivery(self, task_id: int, *, deadline: float | None = None) -> AttestResult:
         if self._account is None:
@@ -382,31 +456,24 @@ class Web3TaskChain:
                     return AttestResult(task_id, None, None, already_delivered=True)
                 tx_hash = self._send_attestation(task_id)
                 log.info("attestDelivery(%d) sent: %s", task_id, tx_hash)
-                receipt = self.w3.eth.wait_for_transaction_receipt(
-                    tx_hash, timeout=max(1.0, min(self._receipt_timeout, end - time.time())),
-                    poll_latency=self._poll,
-                )
-                if receipt["status"] != 1:
+                receipt = self._wait_receipt(tx_hash, max(1.0, min(self._receipt_timeout, end - time.time())))
+                block = int(receipt["blockNumber"], 16)
+                if int(receipt["status"], 16) != 1:
                     # Reverted when mined (a race with a timeout or another attestation).
                     again = self.get_task(task_id)
                     if again is not None and again.delivered:
                         return AttestResult(task_id, None, None, already_delivered=True)
                     raise AttestRejected(f"attestDelivery({task_id}) reverted in tx {tx_hash}")
-                log.info("attestDelivery(%d) mined in block %d", task_id, receipt["blockNumber"])
-                return AttestResult(task_id, tx_hash, int(receipt["blockNumber"]), already_delivered=False)
+                log.info("attestDelivery(%d) mined in block %d", task_id, block)
+                return AttestResult(task_id, tx_hash, block, already_delivered=False)
             except AttestRejected:
                 raise
-            except (ChainUnavailable, TimeExhausted, Web3Exception, OSError, ValueError) as exc:
-                # ValueError: web3 raises it for JSON-RPC errors (nonce too low, underpriced ...).
+            except (ChainUnavailable, ValueError) as exc:
+                # ValueError: JSON-RPC errors such as "nonce too low" or "underpriced": resync, retry.
                 last = exc
                 with self._send_lock:
                     self._next_nonce = None
                 log.warning("attestDelivery(%d) not mined yet (%s); retrying", task_id, exc)
-            except Exception as exc:
-                if not _is_transport_error(exc):
-                    raise
-                last = exc
-                log.warning("attestDelivery(%d): RPC unreachable (%s); retrying", task_id, exc)
             if time.time() + backoff > end:
                 raise ChainUnavailable(f"attestDelivery({task_id}) not mined before the deadline: {last}")
             self._sleep(backoff)

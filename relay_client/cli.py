@@ -81,6 +81,12 @@ def serve(args: argparse.Namespace) -> int:
     else:
         blobs = LocalBlobStore(data / "blobs")
     chain = Web3TaskChain(args.rpc, deployment, account)
+    try:
+        if chain.has_relay_role() is False:
+            log.error("the relay %s does not hold RELAY_ROLE on the market: attestations will be retried "
+                      "until governance grants it", chain.relay_address)
+    except Exception as exc:  # the chain may be down at startup; the relay serves anyway
+        log.warning("cannot check RELAY_ROLE now: %s", exc)
     settings = RelaySettings(
         signature_window_s=args.signature_window, attest_wait_s=args.attest_wait, gc_grace_s=args.gc_grace
     )

@@ -105,10 +105,13 @@ def test_textTask_deliversCanonicalJson(network: Network, relay_proc: RelayProce
     score, salt = scores.text_score(response), scores.new_salt()
     network.commit(task_id, executor, score, salt)
     out = client(relay_proc, network, executor).upload_results(
-        task_id, [ResultUpload("response.json", response, "application/json")], score, salt
+        task_id, [ResultUpload("réponse \"1\".json", response, "text/x-whatever")], score, salt
     )
     assert out.attestation.state == "mined"
-    assert client(relay_proc, network, network.creator).download_results(task_id) == [response]
+    creator = client(relay_proc, network, network.creator)
+    assert creator.download_results(task_id) == [response]
+    (info,) = creator.get_results(task_id).files
+    assert info.content_type == "application/json" and info.name.isascii() and '"' not in info.name
 
 
 def test_errorScore_deliversNoFiles(network: Network, relay_proc: RelayProcess):
@@ -467,3 +470,38 @@ def test_argsOfAnotherUploader_areNotServed(network: Network, relay_proc: RelayP
     salt = scores.new_salt()
     network.commit(task_id, executor, scores.ERROR_SCORE, salt)
     client(relay_proc, network, executor).upload_results(task_id, [], scores.ERROR_SCORE, salt)
+
+
+def test_relayWithoutRole_storesThenAttestsOnceGranted(network: Network, accounts, tmp_path):
+    """An attestation the market refuses for lack of RELAY_ROLE is kept pending (202), not
+    dropped; the worker attests it once governance grants the role."""
+    key_holder = accounts.generate_test_account()
+    network.owner.transfer(key_holder, 10**18)
+    relay = RelayProcess(rpc=network.rpc_url, deployment=network.write_deployment(tmp_path / "d.json"),
+                         data=tmp_path / "data", key=key_holder.private_key,
+                         extra=["--attest-wait", "2"]).start()
+    try:
+        c = committed_image_task(network, relay, 1)
+        body, ctype = results_body(c)
+        target = f"/v1/tasks/{c.task_id}/results"
+        r = send(relay, "POST", target, body, {**signed(c.executor, network, "POST", target, body), "Content-Type": ctype})
+        assert r.status_code == 202 and r.json()["attestation"]["state"] == "pending", r.text
+        assert "RELAY_ROLE" in r.json()["attestation"]["error"]
+        assert not network.task(c.task_id).delivered
+        with pytest.raises(RelayConflict):
+            client(relay, network, network.creator).get_results(c.task_id)  # not delivered yet
+        network.market.grantRole(network.market.RELAY_ROLE(), key_holder, sender=network.owner)
+        deadline = time.time() + 30
+        while time.time() < deadline and not network.task(c.task_id).delivered:
+            time.sleep(0.5)
+        assert network.task(c.task_id).delivered
+        deadline = time.time() + 10
+        while True:  # the worker records the attestation right after it is mined
+            try:
+                assert client(relay, network, network.creator).download_results(c.task_id) == [c.files[0].data]
+                break
+            except RelayConflict:
+                assert time.time() < deadline
+                time.sleep(0.2)
+    finally:
+        relay.stop()
