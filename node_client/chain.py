@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -559,15 +559,3 @@ class NodeChain:
     def update_models(self, add: Sequence[bytes], remove: Sequence[bytes]) -> dict[str, Any]:
         return self.transact(self.registry.functions.updateModels(list(add), list(remove)), "updateModels")
 
-
-def retrying(fn: Callable[[], Any], what: str, *, attempts: int = 3, delay: float = 1.0) -> Any:
-    """Calls fn, retrying ChainUnavailable a few times."""
-    for i in range(attempts):
-        try:
-            return fn()
-        except ChainUnavailable as exc:
-            if i == attempts - 1:
-                raise
-            log.warning("%s: %s; retrying", what, exc)
-            time.sleep(delay * 2**i)
-    raise AssertionError("unreachable")

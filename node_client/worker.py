@@ -31,7 +31,6 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,7 @@ from eth_utils import keccak
 from crynux_common import scores
 from crynux_common.enums import NodeStatus, TaskStatus
 from crynux_common.schemas import ArgsError, TaskType, canonical_json, parse_task_args
-from node_client.chain import ChainError, ChainUnavailable, NodeChain, TaskInfo, TxReverted
+from node_client.chain import ChainUnavailable, NodeChain, TaskInfo, TxReverted
 from node_client.config import NodeConfig
 from node_client.engine_process import EngineDied, EngineProcess, EngineReply, EngineRequest
 from node_client.journal import Journal, JournalEntry, Role, Stage
@@ -50,6 +49,8 @@ log = logging.getLogger("crynux_node")
 
 #: TEST ONLY: the node SIGKILLs itself at this point (see `_test_crash_point`).
 CRASH_ENV = "CRYNUX_NODE_TEST_CRASH_AT"
+#: TEST ONLY: a file naming the crash point; armed by writing it, disarmed when it fires.
+CRASH_FILE_ENV = "CRYNUX_NODE_TEST_CRASH_FILE"
 CRASH_POINTS = ("computed", "commit_mined", "uploaded")
 
 _META_CURSOR = "event_cursor"
@@ -57,9 +58,20 @@ _META_PAUSED_BY_LOOP = "paused_by_loop"
 
 
 def _test_crash_point(name: str) -> None:
-    """TEST ONLY: if $CRYNUX_NODE_TEST_CRASH_AT names this point, die like a power cut."""
-    if os.environ.get(CRASH_ENV) == name:
-        log.warning("test hook %s=%s: killing the node process now", CRASH_ENV, name)
+    """TEST ONLY: die like a power cut at this point if $CRYNUX_NODE_TEST_CRASH_AT names it, or
+    if the file named by $CRYNUX_NODE_TEST_CRASH_FILE does (the file is removed first, so the
+    restarted node does not die again). Neither variable is set on a real node."""
+    armed = os.environ.get(CRASH_ENV) == name
+    crash_file = os.environ.get(CRASH_FILE_ENV)
+    if not armed and crash_file:
+        try:
+            armed = Path(crash_file).read_text().strip() == name
+        except OSError:
+            armed = False
+        if armed:
+            Path(crash_file).unlink(missing_ok=True)
+    if armed:
+        log.warning("test hook: killing the node process at %r", name)
         logging.shutdown()
         os.kill(os.getpid(), signal.SIGKILL)
 
@@ -83,15 +95,12 @@ class Worker:
         relay: Any,  # relay_client.client.RelayClient
         journal: Journal,
         engine: EngineProcess,
-        *,
-        clock: Callable[[], float] = time.time,
     ) -> None:
         self.cfg = cfg
         self.chain = chain
         self.relay = relay
         self.journal = journal
         self.engine = engine
-        self._clock = clock
         self.address = chain.address
         self._stop = threading.Event()
         self._interrupt = threading.Event()  # wakes the loop's wait early
@@ -156,8 +165,11 @@ class Worker:
                 except Exception:  # keep the loop alive; the journal and the chain are the truth
                     log.exception("unexpected error in the loop; continuing")
                     self._interrupt.wait(self.cfg.poll_interval)
-                if self._should_exit():
-                    break
+                try:
+                    if self._should_exit():
+                        break
+                except ChainUnavailable as exc:
+                    log.warning("chain unavailable: %s", exc)
                 self._wait()
         finally:
             self.engine.stop(kill=True)
@@ -169,7 +181,10 @@ class Worker:
             return
         if status in (NodeStatus.PAUSED, NodeStatus.PENDING_PAUSE) and self.cfg.auto_resume:
             log.info("the loop paused this node at its last shutdown: resuming")
-            self.chain.resume()
+            try:
+                self.chain.resume()
+            except TxReverted as exc:
+                log.warning("could not resume: %s", exc)
             self._status = self.chain.node_status()
         self.journal.set_meta(_META_PAUSED_BY_LOOP, None)
 
@@ -216,7 +231,7 @@ class Worker:
             return False
         if not self._paused_for_stop:
             self._pause_for_stop()
-        if self.engine.busy_with is not None or self._wake:
+        if self.engine.busy_with is not None:
             return False
         if any(self._is_active(e) for e in self.journal.open_entries()):
             return False
@@ -697,4 +712,4 @@ def _cheat(args: bytes, behaviour: str) -> bytes:
     return canonical_json(doc)
 
 
-__all__ = ["CRASH_ENV", "CRASH_POINTS", "ChainError", "Worker"]
+__all__ = ["CRASH_ENV", "CRASH_FILE_ENV", "CRASH_POINTS", "Worker"]

@@ -28,6 +28,7 @@ from crynux_common.schemas import TaskType, canonical_json
 from node_client import cli
 from node_client.journal import Journal, JournalEntry
 from node_client.wallet import create_keystore
+from node_client.worker import CRASH_FILE_ENV
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CNX = 10**18
@@ -82,6 +83,14 @@ class NodeProc:
     def data_dir(self) -> Path:
         return self.root / "data"
 
+    @property
+    def crash_file(self) -> Path:
+        return self.root / "crash-at"
+
+    def arm_crash(self, point: str) -> None:
+        """TEST ONLY hook of the running node: it SIGKILLs itself when it reaches `point`."""
+        self.crash_file.write_text(point)
+
     def journal(self) -> Journal:
         return Journal(self.data_dir / "journal.sqlite3")
 
@@ -98,7 +107,8 @@ class NodeProc:
         log_path = self.root / f"run-{len(self.logs)}.log"
         self.logs.append(log_path)
         full_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                    "TOKENIZERS_PARALLELISM": "false", "CRYNUX_NODE_PASSWORD": PASSWORD, **env}
+                    "TOKENIZERS_PARALLELISM": "false", "CRYNUX_NODE_PASSWORD": PASSWORD,
+                    CRASH_FILE_ENV: str(self.crash_file), **env}
         full_env.pop("CRYNUX_NODE_CONFIG", None)
         with open(log_path, "wb") as out:
             self.proc = subprocess.Popen(

@@ -19,7 +19,7 @@ from node_client.journal import Stage
 from .harness import CNX, Network, NodeProc, image_args, text_args, wait_for
 
 GPU = "LOOP-EXEC"
-TIMEOUT = 60
+TIMEOUT = 180  # generous: CI machines are small and busy
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +35,16 @@ def test_join_declaresHardwareModelsAndStake(net: Network, node: NodeProc) -> No
     assert bytes(info.gpu) == keccak(text=GPU) and int(info.vram) == 8
     models = {bytes(m) for m in info.models}
     assert keccak(text="base:tiny-sd") in models and keccak(text="base:tiny-gpt2") in models
+
+
+def test_join_withApprove_thenQuit(net: Network) -> None:
+    other = net.new_node("approve", "LOOP-OTHER", join=False, join_with_permit=False, stake_cnx=450)
+    assert other.cli("join") == 0
+    info = net.registry.nodeInfo(other.address)
+    assert NodeStatus(int(info.status)) == NodeStatus.AVAILABLE and int(info.stake) == 450 * CNX
+    assert other.cli("join") == 2  # already joined: a clear refusal, no transaction
+    assert other.cli("quit") == 0
+    assert int(net.token.balanceOf(other.address)) == 1_000 * CNX  # the whole stake came back
 
 
 def test_executor_completesImageTask_endToEnd(net: Network, node: NodeProc) -> None:
