@@ -13,6 +13,12 @@ from tests.conftest import CNX
 CAP = 8_617_333_262 * CNX
 
 
+@pytest.fixture
+def token(project, owner, treasury):
+    """A fresh token per test: other modules' session fixtures move the shared one's funds."""
+    return owner.deploy(project.CNXToken, owner, treasury)
+
+
 def test_metadata(token):
     assert token.name() == "Crynux"
     assert token.symbol() == "CNX"
