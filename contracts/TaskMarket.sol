@@ -1,0 +1,483 @@
+// SPDX-License-Identifier: MIT
+pragma solidity 0.8.28;
+
+import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
+import {IERC20Permit} from "@openzeppelin/contracts/token/ERC20/extensions/IERC20Permit.sol";
+import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
+import {LibBit} from "solady/utils/LibBit.sol";
+
+import {ITaskMarket} from "./interfaces/ITaskMarket.sol";
+import {INodeRegistry, INodeAvailableHook} from "./interfaces/INodeRegistry.sol";
+import {TaskQueue} from "./libraries/TaskQueue.sol";
+import {MarketBase} from "./libraries/MarketBase.sol";
+import {MarketAudits, IMarketAudits} from "./libraries/MarketAudits.sol";
+
+/// @title The task market
+/// @notice See ITaskMarket. Nodes are paid through an internal balance (withdraw()); creators
+///         are refunded by direct transfer. The audit of drawn tasks runs in MarketAudits,
+///         deployed by the constructor and called by DELEGATECALL over this contract's storage
+///         (see MarketBase); creation, the queue, the undrawn path and the views stay here.
+/// @dev Randomness: node selection and the audit draw use block data. `block.prevrandao` (mixed
+///      with the task id) seeds selection; the draw uses the hash of the executor's commit block,
+///      which did not exist when the executor chose its score. A block producer can bias either
+///      (withhold a block, pick the commit block's contents); with stake >> fee this is not
+///      worth it, and the limit is accepted here as in the protocol.
+contract TaskMarket is MarketBase, ITaskMarket, INodeAvailableHook {
+    using SafeERC20 for IERC20;
+    using TaskQueue for TaskQueue.Queue;
+
+    /// @notice The audit module (runs by DELEGATECALL in this contract's storage).
+    address public immutable auditModule;
+
+    /// @param token_ The CNX token.
+    /// @param registry_ The node registry (which must be told this market with its setMarket).
+    /// @param admin Receives DEFAULT_ADMIN_ROLE (parameters, relay role, emission hook).
+    constructor(IERC20 token_, INodeRegistry registry_, address admin) MarketBase(token_, registry_) {
+        if (admin == address(0)) revert ZeroAddress();
+        auditModule = address(new MarketAudits(token_, registry_));
+        _grantRole(DEFAULT_ADMIN_ROLE, admin);
+        _setParams(
+            Params({
+                nonGenerationTime: 30,
+                secondsPerImage: 20,
+                textGenerationTime: 10,
+                maxQueueSize: 1000,
+                minTimeout: 180,
+                timeoutFactor: 3,
+                auditRateBps: 500,
+                auditLevyBps: 1000,
+                hammingThreshold: 5,
+                auditWindow: 30 minutes,
+                discloseWindow: 15 minutes,
+                maxQueueClasses: 16,
+                auditScan: 8
+            })
+        );
+    }
+
+    // ================================================================== application
+
+    /// @inheritdoc ITaskMarket
+    function createTask(TaskRequest calldata req) external nonReentrant returns (uint256) {
+        return _create(req);
+    }
+
+    /// @inheritdoc ITaskMarket
+    function createTaskWithPermit(TaskRequest calldata req, uint256 deadline, uint8 v, bytes32 r, bytes32 s)
+        external
+        nonReentrant
+        returns (uint256)
+    {
+        _validate(req);
+        uint256 escrow = req.alwaysAudit ? req.fee * 3 : req.fee;
+        // A permit front-run by someone else still leaves the allowance: ignore its failure.
+        try IERC20Permit(address(token)).permit(msg.sender, address(this), escrow, deadline, v, r, s) {} catch {}
+        return _create(req);
+    }
+
+    /// @inheritdoc ITaskMarket
+    function cancel(uint256 taskId) external nonReentrant {
+        Task storage t = _tasks[taskId];
+        if (t.status != TaskStatus.Queued) revert WrongStatus(taskId, t.status);
+        if (t.creator != msg.sender) revert NotCreator(taskId, msg.sender);
+        _dequeue(taskId);
+        t.status = TaskStatus.Cancelled;
+        emit TaskCancelled(taskId);
+        _refund(taskId, t.creator, _escrowOf(t));
+    }
+
+    // ================================================================== nodes and relay
+
+    /// @inheritdoc ITaskMarket
+    function commit(uint256 taskId, bytes32 commitment) external nonReentrant {
+        if (commitment == 0) revert ZeroCommitment(taskId);
+        Task storage t = _tasks[taskId];
+        TaskStatus status = t.status;
+        if (status == TaskStatus.Started && msg.sender == t.executor) {
+            (uint256 time, uint256 timeoutSecs) = _timing(t.info);
+            uint256 start = t.startTime;
+            uint256 deadline = start + timeoutSecs;
+            if (block.timestamp > deadline) revert DeadlinePassed(taskId, deadline);
+            _execCommitment[taskId] = commitment;
+            t.commitBlock = uint40(block.number);
+            t.status = TaskStatus.Committed;
+            if (block.timestamp > start + time) t.info |= _LATE;
+            emit TaskCommitted(taskId, msg.sender, commitment);
+        } else if (status == TaskStatus.Auditing) {
+            _delegate(abi.encodeCall(IMarketAudits.commitAudit, (taskId, commitment)));
+        } else {
+            revert NotAssigned(taskId, msg.sender);
+        }
+    }
+
+    /// @inheritdoc ITaskMarket
+    function attestDelivery(uint256 taskId) external nonReentrant onlyRole(RELAY_ROLE) {
+        Task storage t = _tasks[taskId];
+        TaskStatus status = t.status;
+        if (status == TaskStatus.Auditing || status == TaskStatus.Disclosing) {
+            _delegate(abi.encodeCall(IMarketAudits.attestAudited, (taskId)));
+            return;
+        }
+        if (status != TaskStatus.Committed) revert WrongStatus(taskId, status);
+        (, uint256 timeoutSecs) = _timing(t.info);
+        uint256 deadline = t.startTime + timeoutSecs;
+        if (block.timestamp > deadline) revert DeadlinePassed(taskId, deadline);
+        emit TaskDelivered(taskId);
+        uint8 score = t.info & _LATE != 0 ? _SCORE_LATE : _SCORE_ON_TIME;
+        if (_resolve(taskId, t)) {
+            _delegate(abi.encodeCall(IMarketAudits.startAudit, (taskId, _DELIVERED | _EXEC_DONE, score)));
+            return;
+        }
+        address executor = t.executor;
+        t.status = TaskStatus.Success;
+        _payExecutor(taskId, executor, t.fee);
+        emit TaskSettled(taskId, Outcome.Success);
+        _release(executor, score, true);
+    }
+
+    /// @inheritdoc ITaskMarket
+    function resolveDraw(uint256 taskId) external nonReentrant {
+        Task storage t = _tasks[taskId];
+        if (t.status != TaskStatus.Committed) revert WrongStatus(taskId, t.status);
+        if (t.info & _RESOLVED_CLEAR != 0) revert DrawAlreadyResolved(taskId);
+        if (_resolve(taskId, t)) _delegate(abi.encodeCall(IMarketAudits.startAudit, (taskId, 0, 0)));
+    }
+
+    /// @inheritdoc ITaskMarket
+    function disclose(uint256 taskId, bytes calldata score, bytes32 salt) external nonReentrant {
+        _delegate(abi.encodeCall(IMarketAudits.disclose, (taskId, score, salt)));
+    }
+
+    /// @inheritdoc ITaskMarket
+    function timeout(uint256 taskId) external nonReentrant {
+        Task storage t = _tasks[taskId];
+        TaskStatus status = t.status;
+        if (status == TaskStatus.Auditing || status == TaskStatus.Disclosing) {
+            _delegate(abi.encodeCall(IMarketAudits.timeoutAudit, (taskId)));
+            return;
+        }
+        if (status != TaskStatus.Started && status != TaskStatus.Committed) revert NothingDue(taskId);
+        (, uint256 timeoutSecs) = _timing(t.info);
+        if (block.timestamp <= t.startTime + timeoutSecs) revert NothingDue(taskId);
+        address executor = t.executor;
+        emit TaskTimedOut(taskId, executor);
+        if (status == TaskStatus.Committed && _resolve(taskId, t)) {
+            // Committed, not delivered, drawn: the audit still judges it.
+            _delegate(abi.encodeCall(IMarketAudits.startAudit, (taskId, _EXEC_DONE, 0)));
+            return;
+        }
+        _finish(taskId, t, status == TaskStatus.Started ? Outcome.NotCommitted : Outcome.NotDelivered, _escrowOf(t));
+        _release(executor, 0, true);
+    }
+
+    /// @inheritdoc ITaskMarket
+    function withdraw() external nonReentrant {
+        uint256 amount = _balances[msg.sender];
+        if (amount == 0) revert NothingToWithdraw(msg.sender);
+        _balances[msg.sender] = 0;
+        emit Withdrawn(msg.sender, amount);
+        token.safeTransfer(msg.sender, amount);
+    }
+
+    /// @notice Registry callback: `node` became Available through a registry call (join,
+    ///         resume); it takes a pending audit or the best queued task it is eligible for.
+    ///         Ignored while a market call is in progress (the market then handles the node itself).
+    /// @param node The node.
+    function onNodeAvailable(address node) external {
+        if (msg.sender != address(registry)) revert NotRegistry(msg.sender);
+        if (_reentrancyGuardEntered()) return;
+        _assignWork(node);
+    }
+
+    // ================================================================== governance
+
+    /// @inheritdoc ITaskMarket
+    function setParams(Params calldata newParams) external onlyRole(DEFAULT_ADMIN_ROLE) {
+        _setParams(newParams);
+    }
+
+    /// @inheritdoc ITaskMarket
+    function setEmission(address taskMining_) external onlyRole(DEFAULT_ADMIN_ROLE) {
+        _pool.taskMining = taskMining_;
+        emit EmissionChanged(taskMining_);
+    }
+
+    // ================================================================== views
+
+    /// @inheritdoc ITaskMarket
+    function getTask(uint256 taskId) external view returns (TaskInfo memory info) {
+        Task storage t = _tasks[taskId];
+        uint8 bits = t.info;
+        (uint256 time, uint256 timeoutSecs) = _timing(bits);
+        info.creator = t.creator;
+        info.taskType = bits & _IMAGES_MASK == 0 ? TaskType.Text : TaskType.Image;
+        info.status = t.status;
+        info.argsHash = t.argsHash;
+        info.fee = t.fee;
+        info.value = t.status == TaskStatus.None ? 0 : uint256(t.fee) / time;
+        info.numImages = bits & _IMAGES_MASK;
+        info.minVram = t.minVram;
+        info.requiredGpu = _taskGpu[taskId];
+        info.alwaysAudit = bits & _ALWAYS_AUDIT != 0;
+        info.executor = t.executor;
+        info.commitBlock = t.commitBlock;
+        info.startTime = t.startTime;
+        if (t.startTime != 0) info.deadline = t.startTime + timeoutSecs;
+        Audit storage a = _audits[taskId];
+        info.drawn = a.drawTime != 0;
+        info.drawResolved = info.drawn || bits & _RESOLVED_CLEAR != 0 || t.status == TaskStatus.Success;
+        info.delivered = a.flags & _DELIVERED != 0 || (!info.drawn && t.status == TaskStatus.Success);
+        if (info.drawn) {
+            info.auditSearchDeadline = uint256(a.drawTime) + _params.auditWindow;
+            if (a.discloseStart != 0) info.discloseDeadline = uint256(a.discloseStart) + _params.discloseWindow;
+            for (uint256 i = 0; i < 2; ++i) {
+                info.auditors[i] = a.auditors[i].node;
+                if (a.auditors[i].node != address(0)) {
+                    info.auditorDeadlines[i] = uint256(a.auditors[i].startTime) + timeoutSecs;
+                }
+            }
+        }
+    }
+
+    /// @inheritdoc ITaskMarket
+    function commitmentOf(uint256 taskId, address node) external view returns (bytes32 commitment) {
+        Task storage t = _tasks[taskId];
+        (, commitment) = _partyOf(taskId, t, _audits[taskId], node);
+    }
+
+    /// @inheritdoc ITaskMarket
+    function currentTask(address node) external view returns (uint256) {
+        uint256 taskId = _current[node];
+        if (taskId == 0) return 0;
+        Task storage t = _tasks[taskId];
+        TaskStatus s = t.status;
+        if (t.executor == node) {
+            if (s == TaskStatus.Started || s == TaskStatus.Committed) return taskId;
+            if ((s == TaskStatus.Auditing || s == TaskStatus.Disclosing) && _audits[taskId].flags & _EXEC_DONE == 0) {
+                return taskId;
+            }
+            return 0;
+        }
+        if (s != TaskStatus.Auditing) return 0;
+        Audit storage a = _audits[taskId];
+        for (uint256 i = 0; i < 2; ++i) {
+            Auditor storage au = a.auditors[i];
+            if (au.node == node && !au.committed && !_isSlashed(a, i + 1)) return taskId;
+        }
+        return 0;
+    }
+
+    /// @inheritdoc ITaskMarket
+    function estimatedTime(TaskType taskType, uint8 numImages) public view returns (uint256 time) {
+        // numImages of a text task is ignored; an image task's is kept whole (not masked).
+        if (taskType == TaskType.Text) (time,) = _timing(0);
+        else time = uint256(_params.nonGenerationTime) + uint256(numImages) * _params.secondsPerImage;
+    }
+
+    /// @inheritdoc ITaskMarket
+    function taskValue(uint256 fee, TaskType taskType, uint8 numImages) external view returns (uint256) {
+        return fee / estimatedTime(taskType, numImages);
+    }
+
+    /// @inheritdoc ITaskMarket
+    function queueSize() external view returns (uint256) {
+        return _counters.queueSize;
+    }
+
+    /// @inheritdoc ITaskMarket
+    function queuePosition(uint256 value) external view returns (uint256 ahead) {
+        uint256 bucket = TaskQueue.bucketOf(value);
+        uint256 mask = _counters.activeClasses;
+        while (mask != 0) {
+            uint256 c = LibBit.ffs(mask);
+            mask &= mask - 1;
+            ahead += _queue.countFrom(c, bucket);
+        }
+    }
+
+    /// @inheritdoc ITaskMarket
+    function params() external view returns (Params memory) {
+        return _params;
+    }
+
+    /// @inheritdoc ITaskMarket
+    function auditPool() external view returns (uint256) {
+        return _pool.balance;
+    }
+
+    /// @inheritdoc ITaskMarket
+    function balanceOf(address node) external view returns (uint256) {
+        return _balances[node];
+    }
+
+    /// @inheritdoc ITaskMarket
+    function taskMining() external view returns (address) {
+        return _pool.taskMining;
+    }
+
+    // ================================================================== creation and queue
+
+    function _validate(TaskRequest calldata req) private pure {
+        if (req.taskType == TaskType.Image ? (req.numImages == 0 || req.numImages > MAX_IMAGES) : req.numImages != 0)
+        {
+            revert InvalidNumImages(req.taskType, req.numImages);
+        }
+        if (req.fee == 0) revert ZeroFee();
+        if (req.fee > MAX_FEE) revert FeeTooLarge(req.fee, MAX_FEE);
+        if (req.modelIds.length == 0) revert NoModels();
+    }
+
+    function _create(TaskRequest calldata req) private returns (uint256 taskId) {
+        _validate(req);
+        uint8 info = req.numImages | (req.alwaysAudit ? _ALWAYS_AUDIT : 0);
+        (uint256 time,) = _timing(info);
+        uint256 value = req.fee / time;
+        taskId = ++_counters.lastTaskId;
+
+        Task storage t = _tasks[taskId];
+        t.creator = msg.sender;
+        t.fee = uint80(req.fee);
+        t.minVram = req.minVram;
+        t.argsHash = req.argsHash;
+        if (req.requiredGpu != 0) _taskGpu[taskId] = req.requiredGpu;
+        _emitCreated(taskId, req, value);
+
+        address node = registry.lockRandom(
+            INodeRegistry.Requirement({minVram: req.minVram, gpu: req.requiredGpu, localModel: req.modelIds[0]}),
+            _seed(taskId, 0),
+            address(0),
+            address(0)
+        );
+        uint256 evicted;
+        if (node != address(0)) {
+            _start(taskId, t, node, info);
+        } else {
+            t.status = TaskStatus.Queued;
+            t.info = info;
+            evicted = _enqueue(taskId, req.requiredGpu, req.minVram, value);
+        }
+        token.safeTransferFrom(msg.sender, address(this), req.alwaysAudit ? req.fee * 3 : req.fee);
+        if (evicted != 0) {
+            Task storage e = _tasks[evicted];
+            _refund(evicted, e.creator, _escrowOf(e));
+        }
+    }
+
+    function _emitCreated(uint256 taskId, TaskRequest calldata req, uint256 value) private {
+        emit TaskCreated(
+            taskId,
+            msg.sender,
+            req.taskType,
+            req.argsHash,
+            req.modelIds,
+            req.fee,
+            value,
+            req.numImages,
+            req.minVram,
+            req.requiredGpu,
+            req.alwaysAudit
+        );
+    }
+
+    /// @dev Queues the task, evicting the lowest-value task of a full queue.
+    /// @return evicted The evicted task (to refund once this task's escrow is in), or 0.
+    function _enqueue(uint256 taskId, bytes32 gpu, uint16 minVram, uint256 value)
+        private
+        returns (uint256 evicted)
+    {
+        uint256 bucket = TaskQueue.bucketOf(value);
+        uint256 maxSize = _params.maxQueueSize;
+        if (_counters.queueSize >= maxSize) {
+            uint256 lowBucket;
+            (evicted, lowBucket) = _lowestQueued();
+            if (evicted == 0 || bucket <= lowBucket) {
+                Task storage low = _tasks[evicted];
+                (uint256 lowTime,) = _timing(low.info);
+                revert QueueFull(maxSize, evicted == 0 ? 0 : uint256(low.fee) / lowTime, value);
+            }
+            _dequeue(evicted);
+            _tasks[evicted].status = TaskStatus.Evicted;
+            emit TaskEvicted(evicted, taskId);
+        }
+        uint256 c = _classFor(gpu, minVram, _params.maxQueueClasses);
+        _queue.push(c, bucket, taskId);
+        ++_classes[c].count;
+        ++_counters.queueSize;
+        emit TaskQueued(taskId, value);
+    }
+
+    /// @dev The queue class of (gpu, minVram), allocated when new.
+    function _classFor(bytes32 gpu, uint16 minVram, uint8 maxClasses) private returns (uint256 c) {
+        bytes32 key = keccak256(abi.encode(gpu, minVram));
+        c = _classIndex[key];
+        if (c != 0) return c - 1;
+        uint64 active = _counters.activeClasses;
+        uint256 free = ~uint256(active) & ((uint256(1) << maxClasses) - 1);
+        if (free == 0) revert TooManyQueueClasses(maxClasses);
+        c = LibBit.ffs(free);
+        _counters.activeClasses = active | uint64(1 << c);
+        _classIndex[key] = c + 1;
+        QueueClass storage qc = _classes[c];
+        if (gpu != 0) qc.gpu = gpu;
+        qc.minVram = minVram;
+    }
+
+    /// @dev The lowest-value queued task over all classes (the newest among equal buckets).
+    function _lowestQueued() private view returns (uint256 id, uint256 bucket) {
+        uint256 mask = _counters.activeClasses;
+        while (mask != 0) {
+            uint256 c = LibBit.ffs(mask);
+            mask &= mask - 1;
+            (uint256 cid, uint256 cb) = _queue.bottom(c);
+            if (id == 0 || cb < bucket || (cb == bucket && cid > id)) (id, bucket) = (cid, cb);
+        }
+    }
+
+    // ================================================================== internals
+
+    /// @dev TaskMarket has no audit code of its own: it asks the module.
+    function _takeAudit(address node, bytes32 gpu, uint16 vram, uint256 head) internal override returns (bool) {
+        return abi.decode(_delegate(abi.encodeCall(IMarketAudits.takeAudit, (node, gpu, vram, head))), (bool));
+    }
+
+    /// @dev Runs `data` on the audit module in this contract's storage; bubbles up its revert.
+    function _delegate(bytes memory data) private returns (bytes memory result) {
+        bool ok;
+        (ok, result) = auditModule.delegatecall(data);
+        if (!ok) {
+            /// @solidity memory-safe-assembly
+            assembly {
+                revert(add(result, 32), mload(result))
+            }
+        }
+    }
+
+    /// @dev Resolves the draw (the caller checked the status): true when drawn. Emits DrawResolved.
+    function _resolve(uint256 taskId, Task storage t) private returns (bool drawn) {
+        uint8 info = t.info;
+        if (info & _RESOLVED_CLEAR != 0) return false;
+        uint256 commitBlock = t.commitBlock;
+        if (block.number <= commitBlock) revert DrawNotResolvable(taskId, commitBlock);
+        if (info & _ALWAYS_AUDIT != 0 || block.number - commitBlock > 256) {
+            drawn = true;
+        } else {
+            drawn = uint256(keccak256(abi.encode(blockhash(commitBlock), taskId))) % _BPS < _params.auditRateBps;
+        }
+        if (!drawn) t.info = info | _RESOLVED_CLEAR;
+        emit DrawResolved(taskId, drawn);
+    }
+
+    function _setParams(Params memory p) private {
+        if (p.nonGenerationTime == 0) revert ParamOutOfRange(0, p.nonGenerationTime);
+        if (p.maxQueueSize == 0) revert ParamOutOfRange(3, p.maxQueueSize);
+        if (p.auditRateBps > _BPS) revert ParamOutOfRange(6, p.auditRateBps);
+        if (p.auditLevyBps > _BPS) revert ParamOutOfRange(7, p.auditLevyBps);
+        if (p.maxQueueClasses == 0 || p.maxQueueClasses > 64) {
+            revert ParamOutOfRange(11, p.maxQueueClasses);
+        }
+        if (p.auditScan == 0) revert ParamOutOfRange(12, p.auditScan);
+        if (p.hammingThreshold > 64) revert ParamOutOfRange(8, p.hammingThreshold);
+        _params = p;
+        emit ParamsChanged(p);
+    }
+}

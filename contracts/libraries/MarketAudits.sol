@@ -1,0 +1,407 @@
+// SPDX-License-Identifier: MIT
+pragma solidity 0.8.28;
+
+import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
+
+import {INodeRegistry} from "../interfaces/INodeRegistry.sol";
+import {MarketBase} from "./MarketBase.sol";
+import {ScoreMatch} from "./ScoreMatch.sol";
+
+/// @title The audit module of the task market, as TaskMarket calls it (DELEGATECALL)
+interface IMarketAudits {
+    /// @notice Thrown when the module is called directly instead of through TaskMarket.
+    error NotDelegated();
+
+    /// @notice Starts the audit of a task whose draw came out drawn; `flags` tells whether the
+    ///         executor delivered and is done; a done executor is released with `executorScore`.
+    function startAudit(uint256 taskId, uint8 flags, uint8 executorScore) external;
+
+    /// @notice An auditor's commit (ITaskMarket.commit while the task is Auditing).
+    function commitAudit(uint256 taskId, bytes32 commitment) external;
+
+    /// @notice The relay's delivery attestation of a task already under audit.
+    function attestAudited(uint256 taskId) external;
+
+    /// @notice ITaskMarket.disclose.
+    function disclose(uint256 taskId, bytes calldata score, bytes32 salt) external;
+
+    /// @notice The timeouts of a task under audit (ITaskMarket.timeout, Auditing or Disclosing).
+    function timeoutAudit(uint256 taskId) external;
+
+    /// @notice Gives `node` a pending audit it may do; true if it took one.
+    function takeAudit(address node, bytes32 gpu, uint16 vram, uint256 head) external returns (bool);
+}
+
+/// @title The audit of drawn tasks: auditor selection, commitments, disclosure, judgement
+/// @notice Runs only in TaskMarket's storage, through DELEGATECALL from TaskMarket (which
+///         deploys it); see MarketBase. Every function reverts when called directly.
+contract MarketAudits is MarketBase, IMarketAudits {
+    address private immutable _market;
+
+    modifier onlyDelegated() {
+        if (address(this) != _market) revert NotDelegated();
+        _;
+    }
+
+    /// @param token_ The CNX token (the market's).
+    /// @param registry_ The node registry (the market's).
+    constructor(IERC20 token_, INodeRegistry registry_) MarketBase(token_, registry_) {
+        _market = msg.sender;
+    }
+
+    // ================================================================== entry points
+
+    /// @inheritdoc IMarketAudits
+    function startAudit(uint256 taskId, uint8 flags, uint8 executorScore) external onlyDelegated {
+        Task storage t = _tasks[taskId];
+        Audit storage a = _startAudit(taskId, t, flags);
+        if (flags & _EXEC_DONE != 0) _release(t.executor, executorScore, false);
+        _advance(taskId, t, a);
+    }
+
+    /// @inheritdoc IMarketAudits
+    function commitAudit(uint256 taskId, bytes32 commitment) external onlyDelegated {
+        Task storage t = _tasks[taskId];
+        (uint256 time, uint256 timeoutSecs) = _timing(t.info);
+        Audit storage a = _audits[taskId];
+        for (uint256 i = 0; i < 2; ++i) {
+            Auditor storage au = a.auditors[i];
+            if (au.node != msg.sender || au.committed || _isSlashed(a, i + 1)) continue;
+            uint256 start = au.startTime;
+            uint256 deadline = start + timeoutSecs;
+            if (block.timestamp > deadline) revert DeadlinePassed(taskId, deadline);
+            au.committed = true;
+            a.commitments[i] = commitment;
+            emit TaskCommitted(taskId, msg.sender, commitment);
+            _release(msg.sender, block.timestamp > start + time ? _SCORE_LATE : _SCORE_ON_TIME, false);
+            _advance(taskId, t, a);
+            return;
+        }
+        revert NotAssigned(taskId, msg.sender);
+    }
+
+    /// @inheritdoc IMarketAudits
+    function attestAudited(uint256 taskId) external onlyDelegated {
+        Task storage t = _tasks[taskId];
+        Audit storage a = _audits[taskId];
+        if (a.flags & _EXEC_DONE != 0) revert WrongStatus(taskId, t.status);
+        (, uint256 timeoutSecs) = _timing(t.info);
+        uint256 deadline = t.startTime + timeoutSecs;
+        if (block.timestamp > deadline) revert DeadlinePassed(taskId, deadline);
+        a.flags |= _DELIVERED | _EXEC_DONE;
+        emit TaskDelivered(taskId);
+        _release(t.executor, t.info & _LATE != 0 ? _SCORE_LATE : _SCORE_ON_TIME, false);
+        _advance(taskId, t, a);
+    }
+
+    /// @inheritdoc IMarketAudits
+    function disclose(uint256 taskId, bytes calldata score, bytes32 salt) external onlyDelegated {
+        Task storage t = _tasks[taskId];
+        if (t.status != TaskStatus.Disclosing) revert WrongStatus(taskId, t.status);
+        Audit storage a = _audits[taskId];
+        uint256 deadline = uint256(a.discloseStart) + _params.discloseWindow;
+        if (block.timestamp > deadline) revert DeadlinePassed(taskId, deadline);
+        (uint256 party, bytes32 commitment) = _partyOf(taskId, t, a, msg.sender);
+        if (commitment == 0) revert NotAssigned(taskId, msg.sender);
+        if (a.disclosed & (1 << party) != 0) revert AlreadyDisclosed(taskId, msg.sender);
+        if (score.length > ScoreMatch.MAX_LENGTH) revert ScoreTooLong(taskId, score.length);
+        if (keccak256(abi.encode(taskId, msg.sender, score, salt)) != commitment) {
+            revert CommitmentMismatch(taskId, msg.sender);
+        }
+        a.disclosed |= uint8(1 << party);
+        a.scoreLengths |= uint24(score.length << (8 * party));
+        bytes32[3] storage words = _scores[taskId][party];
+        for (uint256 w = 0; w * 32 < score.length; ++w) {
+            words[w] = ScoreMatch.word(score, w);
+        }
+        emit ScoreDisclosed(taskId, msg.sender, score);
+        _advance(taskId, t, a);
+    }
+
+    /// @inheritdoc IMarketAudits
+    function timeoutAudit(uint256 taskId) external onlyDelegated {
+        Task storage t = _tasks[taskId];
+        TaskStatus status = t.status;
+        (, uint256 timeoutSecs) = _timing(t.info);
+        Audit storage au = _audits[taskId];
+        bool progressed;
+        if (au.flags & _EXEC_DONE == 0 && block.timestamp > t.startTime + timeoutSecs) {
+            au.flags |= _EXEC_DONE;
+            emit TaskTimedOut(taskId, t.executor);
+            _release(t.executor, 0, false);
+            progressed = true;
+        }
+        if (status == TaskStatus.Auditing) {
+            progressed = _auditorTimeouts(taskId, au, timeoutSecs) || progressed;
+            if (au.flags & _SEARCHING != 0 && block.timestamp > uint256(au.drawTime) + _params.auditWindow) {
+                _endSearch(taskId, au);
+                progressed = true;
+            }
+        } else if (block.timestamp > uint256(au.discloseStart) + _params.discloseWindow) {
+            _slashSilentDisclosers(taskId, t, au);
+            progressed = true;
+        }
+        if (!progressed) revert NothingDue(taskId);
+        _advance(taskId, t, au);
+    }
+
+    /// @inheritdoc IMarketAudits
+    function takeAudit(address node, bytes32 gpu, uint16 vram, uint256 head) external onlyDelegated returns (bool) {
+        return _takeAudit(node, gpu, vram, head);
+    }
+
+    // ================================================================== auditors
+
+    /// @dev Scans up to auditScan pending audits for one the node may take.
+    function _takeAudit(address node, bytes32 gpu, uint16 vram, uint256 id) internal override returns (bool) {
+        uint256 scan = _params.auditScan;
+        uint256 window = _params.auditWindow;
+        for (uint256 k = 0; k < scan && id != 0; ++k) {
+            Audit storage a = _audits[id];
+            if (
+                block.timestamp <= uint256(a.drawTime) + window && _fits(a.gpu, a.minVram, gpu, vram)
+                    && node != _tasks[id].executor && node != a.auditors[0].node
+            ) {
+                registry.lock(node);
+                _addAuditor(id, a, node);
+                return true;
+            }
+            id = a.nextPending;
+        }
+        return false;
+    }
+
+    /// @dev Starts the audit of a drawn task: tries to lock two auditors at once, and queues the
+    ///      task as a pending audit for what is missing.
+    function _startAudit(uint256 taskId, Task storage t, uint8 flags) private returns (Audit storage a) {
+        t.status = TaskStatus.Auditing;
+        a = _audits[taskId];
+        a.drawTime = uint40(block.timestamp);
+        a.flags = flags;
+        address executor = t.executor;
+        bytes32 gpu;
+        uint16 minVram;
+        if (t.info & _IMAGES_MASK == 0) {
+            // Text results are bit-exact only on the same hardware: auditors need the executor's.
+            (gpu, minVram) = registry.hardware(executor);
+        } else {
+            (gpu, minVram) = (_taskGpu[taskId], t.minVram);
+        }
+        if (gpu != 0) a.gpu = gpu;
+        a.minVram = minVram;
+        INodeRegistry.Requirement memory req = INodeRegistry.Requirement({minVram: minVram, gpu: gpu, localModel: 0});
+        uint8 found;
+        for (; found < 2; ++found) {
+            address node = registry.lockRandom(req, _seed(taskId, found + 1), executor, a.auditors[0].node);
+            if (node == address(0)) break;
+            _setAuditor(taskId, a, found, node);
+        }
+        if (found < 2) {
+            a.flags = flags | _SEARCHING;
+            uint40 tail = _counters.auditTail;
+            a.prevPending = tail;
+            if (tail == 0) _counters.auditHead = uint40(taskId);
+            else _audits[tail].nextPending = uint40(taskId);
+            _counters.auditTail = uint40(taskId);
+            emit AuditPending(taskId, 2 - found);
+        }
+    }
+
+    function _setAuditor(uint256 taskId, Audit storage a, uint256 i, address node) private {
+        a.auditors[i] = Auditor({node: node, startTime: uint40(block.timestamp), committed: false});
+        _current[node] = taskId;
+        emit AuditorAssigned(taskId, node);
+    }
+
+    /// @dev Adds a pulled auditor to a pending audit; a full audit leaves the pending list.
+    function _addAuditor(uint256 taskId, Audit storage a, address node) private {
+        if (a.auditors[0].node == address(0)) {
+            _setAuditor(taskId, a, 0, node);
+        } else {
+            _setAuditor(taskId, a, 1, node);
+            _unlinkPending(a);
+            a.flags &= ~_SEARCHING;
+        }
+    }
+
+    function _unlinkPending(Audit storage a) private {
+        uint40 prev = a.prevPending;
+        uint40 next = a.nextPending;
+        if (prev == 0) _counters.auditHead = next;
+        else _audits[prev].nextPending = next;
+        if (next == 0) _counters.auditTail = prev;
+        else _audits[next].prevPending = prev;
+        (a.prevPending, a.nextPending) = (0, 0);
+    }
+
+    function _endSearch(uint256 taskId, Audit storage a) private {
+        _unlinkPending(a);
+        a.flags &= ~_SEARCHING;
+        emit AuditSearchEnded(taskId, a.auditors[0].node == address(0) ? 0 : 1);
+    }
+
+    /// @dev Slashes the auditors whose commit deadline has passed. True if any.
+    function _auditorTimeouts(uint256 taskId, Audit storage a, uint256 timeoutSecs) private returns (bool any) {
+        for (uint256 i = 0; i < 2; ++i) {
+            Auditor storage au = a.auditors[i];
+            if (au.node == address(0) || au.committed || _isSlashed(a, i + 1)) continue;
+            if (block.timestamp <= uint256(au.startTime) + timeoutSecs) continue;
+            emit TaskTimedOut(taskId, au.node);
+            // The registry's slash also ends its Busy spell (Busy -> Quit).
+            _slash(taskId, a, i + 1, au.node, SlashReason.NoCommit);
+            any = true;
+        }
+    }
+
+    function _slashSilentDisclosers(uint256 taskId, Task storage t, Audit storage a) private {
+        uint8 owed = _partiesOwing(a);
+        for (uint256 party = 0; party < 3; ++party) {
+            if (owed & (1 << party) == 0 || a.disclosed & (1 << party) != 0) continue;
+            address node = party == 0 ? t.executor : a.auditors[party - 1].node;
+            _slash(taskId, a, party, node, SlashReason.NoDisclosure);
+        }
+    }
+
+    function _slash(uint256 taskId, Audit storage a, uint256 party, address node, SlashReason reason) private {
+        a.slashed |= uint8(1 << party);
+        uint256 toPool = registry.slash(node);
+        _pool.balance += uint96(toPool);
+        emit NodeSlashed(taskId, node, reason, toPool);
+    }
+
+    /// @dev Parties that must disclose: the executor and every committed auditor, unless slashed.
+    function _partiesOwing(Audit storage a) private view returns (uint8 mask) {
+        mask = 1;
+        if (a.auditors[0].committed) mask |= 2;
+        if (a.auditors[1].committed) mask |= 4;
+        mask &= ~a.slashed;
+    }
+
+    // ================================================================== judgement
+
+    /// @dev Moves an audit forward: opens disclosure when every auditor that will take part has
+    ///      committed and the executor is done; settles when every remaining party disclosed.
+    function _advance(uint256 taskId, Task storage t, Audit storage a) private {
+        if (t.status == TaskStatus.Auditing) {
+            uint8 flags = a.flags;
+            if (flags & _SEARCHING != 0 || flags & _EXEC_DONE == 0) return;
+            bool anyCommitted;
+            for (uint256 i = 0; i < 2; ++i) {
+                Auditor storage au = a.auditors[i];
+                if (au.node == address(0) || _isSlashed(a, i + 1)) continue;
+                if (!au.committed) return; // still working
+                anyCommitted = true;
+            }
+            if (!anyCommitted) {
+                _settleUnaudited(taskId, t, a);
+                return;
+            }
+            t.status = TaskStatus.Disclosing;
+            a.discloseStart = uint40(block.timestamp);
+            emit DisclosureOpened(taskId);
+        } else if (t.status == TaskStatus.Disclosing) {
+            uint8 owed = _partiesOwing(a);
+            if (a.disclosed & owed == owed) _settleAudit(taskId, t, a);
+        }
+    }
+
+    /// @dev Compares the disclosed scores and settles a drawn task (see PROTOCOL.md step 7).
+    ///      A party counts when it disclosed and was not slashed; it "agrees" when its score
+    ///      matches another counting party's score, or when it is the only one counting. With
+    ///      three counting, a party matching nobody while the other two match is slashed.
+    function _settleAudit(uint256 taskId, Task storage t, Audit storage a) private {
+        uint256 present = a.disclosed & ~a.slashed;
+        bool[3] memory agree = _agreement(taskId, t, a, present);
+        uint256 fee = t.fee;
+        uint256 escrow = _escrowOf(t);
+        Outcome outcome;
+        if (present & 1 == 0) {
+            outcome = Outcome.ExecutorSlashed; // slashed for not disclosing
+        } else if (agree[0]) {
+            outcome = a.flags & _DELIVERED != 0 ? Outcome.Success : Outcome.NotDelivered;
+        } else if (present == 7 && agree[1] && agree[2]) {
+            outcome = Outcome.ExecutorSlashed;
+            _slash(taskId, a, 0, t.executor, SlashReason.Disagreed);
+        } else {
+            outcome = Outcome.NoConsensus;
+        }
+        if (present & 1 != 0 && outcome != Outcome.ExecutorSlashed) registry.settle(t.executor);
+        uint256 refund = escrow;
+        if (outcome == Outcome.Success) {
+            refund -= fee;
+            _payExecutor(taskId, t.executor, fee);
+        }
+        refund -= _settleAuditors(taskId, a, present, agree, fee, t.info & _ALWAYS_AUDIT != 0);
+        _finish(taskId, t, outcome, refund);
+    }
+
+    /// @dev agree[p] for each party p (see _settleAudit).
+    function _agreement(uint256 taskId, Task storage t, Audit storage a, uint256 present)
+        private
+        view
+        returns (bool[3] memory agree)
+    {
+        bool image = t.info & _IMAGES_MASK != 0;
+        uint256 threshold = _params.hammingThreshold;
+        uint256 lens = a.scoreLengths;
+        bytes32[3][3] memory sc;
+        for (uint256 p = 0; p < 3; ++p) {
+            if (present & (1 << p) != 0) sc[p] = _scores[taskId][p];
+        }
+        // m[0]: executor ~ auditor 1, m[1]: executor ~ auditor 2, m[2]: auditor 1 ~ auditor 2.
+        bool[3] memory m;
+        for (uint256 k = 0; k < 3; ++k) {
+            (uint256 x, uint256 y) = k == 0 ? (0, 1) : k == 1 ? (0, 2) : (1, 2);
+            if (present & (1 << x) == 0 || present & (1 << y) == 0) continue;
+            m[k] = ScoreMatch.matches(sc[x], (lens >> (8 * x)) & 0xff, sc[y], (lens >> (8 * y)) & 0xff, image, threshold);
+        }
+        bool alone = present == 1 || present == 2 || present == 4;
+        agree[0] = present & 1 != 0 && (m[0] || m[1] || alone);
+        agree[1] = present & 2 != 0 && (m[0] || m[2] || alone);
+        agree[2] = present & 4 != 0 && (m[1] || m[2] || alone);
+    }
+
+    /// @dev Pays, settles or slashes the auditors. Returns what was paid out of the escrow.
+    function _settleAuditors(
+        uint256 taskId,
+        Audit storage a,
+        uint256 present,
+        bool[3] memory agree,
+        uint256 fee,
+        bool fromEscrow
+    ) private returns (uint256 paidFromEscrow) {
+        uint256 paid = (agree[1] ? 1 : 0) + (agree[2] ? 1 : 0);
+        uint256 each = fee;
+        if (!fromEscrow && paid != 0) {
+            uint256 pool = _pool.balance;
+            if (pool < fee * paid) each = pool / paid;
+        }
+        for (uint256 i = 0; i < 2; ++i) {
+            uint256 party = i + 1;
+            address node = a.auditors[i].node;
+            if (node == address(0) || !a.auditors[i].committed || _isSlashed(a, party)) continue;
+            if (present == 7 && !agree[party] && agree[0] && agree[3 - party]) {
+                _slash(taskId, a, party, node, SlashReason.Disagreed);
+                continue;
+            }
+            registry.settle(node);
+            if (!agree[party]) continue;
+            if (fromEscrow) paidFromEscrow += each;
+            else _pool.balance -= uint96(each);
+            _credit(taskId, node, each);
+        }
+    }
+
+    /// @dev Settles a drawn task that no auditor could check (none found, or all silent):
+    ///      as if undrawn. A missing verifier must not cost an honest node.
+    function _settleUnaudited(uint256 taskId, Task storage t, Audit storage a) private {
+        registry.settle(t.executor);
+        uint256 refund = _escrowOf(t);
+        bool delivered = a.flags & _DELIVERED != 0;
+        if (delivered) {
+            refund -= t.fee;
+            _payExecutor(taskId, t.executor, t.fee);
+        }
+        _finish(taskId, t, delivered ? Outcome.Success : Outcome.NotDelivered, refund);
+    }
+}

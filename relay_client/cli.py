@@ -1,0 +1,111 @@
+"""``crynux-relay``: run the relay service.
+
+    crynux-relay serve --rpc http://127.0.0.1:8545 --deployment deployment.json --data ./relay-data \\
+        [--db postgresql://user@host/db] [--s3-bucket B --s3-endpoint URL ...] \\
+        [--key-file relay.key | env CRYNUX_RELAY_KEY] [--host 127.0.0.1 --port 8080]
+
+The relay's key (a hex private key) signs ``attestDelivery``; the market must have granted
+its address RELAY_ROLE. Without ``--db`` the database is SQLite in ``DATA/relay.sqlite3``;
+without ``--s3-bucket`` blobs are files in ``DATA/blobs``. S3 credentials come from the
+usual AWS variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) or the options.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+log = logging.getLogger("crynux_relay")
+
+KEY_ENV = "CRYNUX_RELAY_KEY"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="crynux-relay", description="The Crynux relay service")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the HTTP service")
+    serve.add_argument("--rpc", required=True, help="JSON-RPC URL of the chain")
+    serve.add_argument("--deployment", required=True, type=Path, help="deployment JSON (contract addresses)")
+    serve.add_argument("--build-dir", type=Path, default=Path(".build"),
+                       help="Ape build folder with the compiled ABIs, when the deployment file has none")
+    serve.add_argument("--data", required=True, type=Path, help="folder for the SQLite database and blobs")
+    serve.add_argument("--db", help="SQLAlchemy database URL (default: SQLite in DATA)")
+    serve.add_argument("--s3-bucket", help="store blobs in this S3 bucket instead of DATA/blobs")
+    serve.add_argument("--s3-endpoint", help="S3-compatible endpoint URL (MinIO, Ceph ...)")
+    serve.add_argument("--s3-prefix", default="", help="key prefix inside the bucket")
+    serve.add_argument("--s3-region", default=None)
+    serve.add_argument("--s3-access-key", default=os.environ.get("AWS_ACCESS_KEY_ID"))
+    serve.add_argument("--s3-secret-key", default=os.environ.get("AWS_SECRET_ACCESS_KEY"))
+    serve.add_argument("--s3-create-bucket", action="store_true", help="create the bucket if missing")
+    serve.add_argument("--key-file", type=Path, help=f"file holding the relay's hex private key (or env {KEY_ENV})")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--signature-window", type=int, default=60, help="accepted clock skew, seconds")
+    serve.add_argument("--attest-wait", type=float, default=30.0,
+                       help="seconds an upload waits for its attestation to be mined before answering 202")
+    serve.add_argument("--gc-grace", type=float, default=0.0,
+                       help="only delete unreferenced blobs older than this at startup (shared stores)")
+    serve.add_argument("--log-level", default="info")
+    return parser
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .chain import DeploymentError, Web3TaskChain, load_account, load_deployment
+    from .server import RelaySettings, create_app
+    from .storage import LocalBlobStore, Repository, S3BlobStore, Store
+
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    try:
+        deployment = load_deployment(args.deployment, args.build_dir)
+    except DeploymentError as exc:
+        log.error("%s", exc)
+        return 2
+    account = load_account(args.key_file, os.environ.get(KEY_ENV))
+    if account is None:
+        log.warning("no relay key (--key-file or %s): deliveries will be stored but never attested", KEY_ENV)
+    data: Path = args.data
+    data.mkdir(parents=True, exist_ok=True)
+    db_url = args.db or f"sqlite:///{(data / 'relay.sqlite3').resolve()}"
+    repo = Repository.connect(db_url)
+    if args.s3_bucket:
+        blobs = S3BlobStore(
+            args.s3_bucket, prefix=args.s3_prefix, endpoint_url=args.s3_endpoint, region=args.s3_region,
+            access_key=args.s3_access_key, secret_key=args.s3_secret_key, create_bucket=args.s3_create_bucket,
+        )
+    else:
+        blobs = LocalBlobStore(data / "blobs")
+    chain = Web3TaskChain(args.rpc, deployment, account)
+    try:
+        if chain.has_relay_role() is False:
+            log.error("the relay %s does not hold RELAY_ROLE on the market: attestations will be retried "
+                      "until governance grants it", chain.relay_address)
+    except Exception as exc:  # the chain may be down at startup; the relay serves anyway
+        log.warning("cannot check RELAY_ROLE now: %s", exc)
+    settings = RelaySettings(
+        signature_window_s=args.signature_window, attest_wait_s=args.attest_wait, gc_grace_s=args.gc_grace
+    )
+    app = create_app(chain, Store(repo, blobs), settings)
+    log.info(
+        "relay %s serving %s on http://%s:%d; database %s; blobs: %s",
+        account.address if account else "(no key)", chain.describe(), args.host, args.port,
+        repo.engine.url.render_as_string(hide_password=True), blobs.describe(),
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower(), workers=1)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return serve(args)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""API errors: one exception type, one JSON shape ``{"error": code, "detail": text}``."""
+from __future__ import annotations
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx/5xx answer of the relay."""
+
+    error: str
+    detail: str
+
+
+class ApiError(Exception):
+    """Raised by handlers; becomes an HTTP answer with ``status`` and an ErrorBody."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(f"{status} {code}: {detail}")
+        self.status = status
+        self.code = code
+        self.detail = detail
+
+
+def bad_request(code: str, detail: str) -> ApiError:
+    return ApiError(400, code, detail)
+
+
+def unauthorized(detail: str, code: str = "unauthorized") -> ApiError:
+    return ApiError(401, code, detail)
+
+
+def forbidden(detail: str) -> ApiError:
+    return ApiError(403, "forbidden", detail)
+
+
+def not_found(code: str, detail: str) -> ApiError:
+    return ApiError(404, code, detail)
+
+
+def conflict(code: str, detail: str) -> ApiError:
+    return ApiError(409, code, detail)
+
+
+def too_large(detail: str) -> ApiError:
+    return ApiError(413, "too_large", detail)
+
+
+def unprocessable(code: str, detail: str) -> ApiError:
+    return ApiError(422, code, detail)
+
+
+def chain_unavailable(detail: str) -> ApiError:
+    return ApiError(503, "chain_unavailable", detail)
+
+
+async def api_error_handler(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    headers = {"WWW-Authenticate": "Crynux-Signature"} if exc.status == 401 else None
+    return JSONResponse(
+        ErrorBody(error=exc.code, detail=exc.detail).model_dump(), status_code=exc.status, headers=headers
+    )
+
+
+def responses(*statuses: int) -> dict[int | str, dict[str, object]]:
+    """OpenAPI ``responses`` entries for the given error statuses."""
+    text = {
+        400: "Malformed request", 401: "Missing, bad, expired or replayed signature",
+        403: "Signer not allowed", 404: "Unknown task or data", 409: "Not in a state that allows this",
+        413: "Body over the size limit (nothing stored)", 422: "Content does not match its hash, score or commitment",
+        503: "Chain unreachable",
+    }
+    return {s: {"model": ErrorBody, "description": text.get(s, "Error")} for s in statuses}

@@ -1,0 +1,19 @@
+"""Relay persistence: SQL rows (SQLite by default, PostgreSQL by URL) and blobs (files or S3)."""
+from .blobs import BlobError, BlobNotFound, BlobStore, LocalBlobStore, S3BlobStore
+from .repository import (
+    AlreadyDelivered,
+    ArgsRecord,
+    Delivery,
+    Repository,
+    ResultFile,
+    StorageError,
+    StorageStats,
+    make_engine,
+)
+from .store import IncomingFile, RecoveryReport, Store
+
+__all__ = [
+    "AlreadyDelivered", "ArgsRecord", "BlobError", "BlobNotFound", "BlobStore", "Delivery",
+    "IncomingFile", "LocalBlobStore", "RecoveryReport", "Repository", "ResultFile", "S3BlobStore",
+    "StorageError", "StorageStats", "Store", "make_engine",
+]

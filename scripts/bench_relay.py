@@ -1,0 +1,150 @@
+"""Relay benchmark: signed uploads and downloads per second of 100 KiB results, one worker.
+
+    ape run bench_relay [--tasks 40] [--out bench/relay.json]
+
+Deploys token, registry and market on a local Anvil, starts a relay process (SQLite +
+files, one uvicorn worker) and, one request at a time, for each task: the executor uploads
+a 100 KiB PNG result (the relay recomputes the pHash, checks the commitment on-chain,
+stores the file and waits until its attestDelivery transaction is mined), then the creator
+downloads it. Chain set-up per task (create, commit) is not timed. Prints a table and
+writes bench/relay.json.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import click
+from ape import accounts, chain, project
+from ape.cli import ConnectedProviderCommand, network_option
+from eth_account import Account
+from eth_keys import KeyAPI
+from eth_utils import keccak
+
+from crynux_common import scores
+from crynux_common.signing import body_sha256, sign_request, verify_request
+from relay_client.client import RelayClient, ResultUpload
+from tests.relay.helpers import RelayProcess
+from tests.relay.network import deploy_network, image_args, noise_png
+
+KiB = 1024
+
+
+def _summary(name: str, samples: list[float], size: int) -> dict[str, float | int | str]:
+    total = sum(samples)
+    return {
+        "operation": name,
+        "count": len(samples),
+        "bytes_each": size,
+        "per_second": round(len(samples) / total, 1) if total else 0.0,
+        "p50_ms": round(statistics.median(samples) * 1000, 2),
+        "p95_ms": round(sorted(samples)[int(0.95 * (len(samples) - 1))] * 1000, 2),
+        "mb_per_second": round(len(samples) * size / total / 1e6, 2) if total else 0.0,
+    }
+
+
+def _result_png(target: int) -> bytes:
+    side = int((target / 3) ** 0.5)
+    data = noise_png(1, side, side)
+    while len(data) < target:
+        side += 1
+        data = noise_png(1, side, side)
+    return data
+
+
+@click.command(cls=ConnectedProviderCommand)
+@network_option(default="ethereum:local:foundry")
+@click.option("--tasks", default=40, show_default=True, help="number of tasks (uploads and downloads)")
+@click.option("--out", default="bench/relay.json", show_default=True, type=click.Path(path_type=Path))
+def cli(network: str, tasks: int, out: Path) -> None:
+    test = accounts.test_accounts
+    owner, treasury = test[0], test[1]
+    token = owner.deploy(project.CNXToken, owner, treasury)
+    rpc = getattr(chain.provider, "uri", None) or chain.provider.web3.provider.endpoint_uri
+    net = deploy_network(project, test, token, owner, treasury, rpc)
+    png = _result_png(100 * KiB)
+    score = scores.image_score([png])
+
+    with tempfile.TemporaryDirectory(prefix="bench-relay-") as tmp:
+        root = Path(tmp)
+        relay = RelayProcess(rpc=rpc, deployment=net.write_deployment(root / "deployment.json"),
+                             data=root / "data", key=net.relay_key).start()
+        try:
+            creator = RelayClient(relay.url, net.local(net.creator))
+            args_up: list[float] = []
+            args_down: list[float] = []
+            uploads: list[float] = []
+            downloads: list[float] = []
+            for i in range(tasks):
+                args = image_args(10_000 + i, 1)
+                t0 = time.perf_counter()
+                creator.put_args(args)
+                args_up.append(time.perf_counter() - t0)
+                task_id = net.create_task(args, num_images=1)
+                executor = net.executor(task_id)
+                node = RelayClient(relay.url, net.local(executor))
+                t0 = time.perf_counter()
+                node.get_task_args(task_id, expected_hash=keccak(args))
+                args_down.append(time.perf_counter() - t0)
+                salt = scores.new_salt()
+                net.commit(task_id, executor, score, salt)
+                t0 = time.perf_counter()
+                delivered = node.upload_results(task_id, [ResultUpload("0.png", png)], score, salt)
+                uploads.append(time.perf_counter() - t0)
+                assert delivered.attestation.state == "mined", delivered.attestation
+                t0 = time.perf_counter()
+                got = creator.download_result(task_id, 0, delivered.files[0].sha256)
+                downloads.append(time.perf_counter() - t0)
+                assert got == png
+                node.close()
+        finally:
+            relay.stop()
+
+    acct = Account.create()
+    digest = body_sha256(png)
+    t0 = time.perf_counter()
+    signed = [sign_request(acct, "POST", "/v1/tasks/1/results", body_hash=digest, timestamp=1) for _ in range(50)]
+    sign_s = (time.perf_counter() - t0) / 50
+    t0 = time.perf_counter()
+    for s in signed:
+        verify_request("POST", "/v1/tasks/1/results", digest, s.as_dict(), now=1)
+    verify_s = (time.perf_counter() - t0) / 50
+
+    rows = [
+        _summary("upload result (verify, pHash, commitment, store, attest mined)", uploads, len(png)),
+        _summary("download result (signed GET, sha256 checked)", downloads, len(png)),
+        _summary("upload arguments", args_up, len(image_args(0, 1))),
+        _summary("download arguments (executor)", args_down, len(image_args(0, 1))),
+    ]
+    report = {
+        "benchmark": "relay",
+        "workers": 1,
+        "result_bytes": len(png),
+        "tasks": tasks,
+        "storage": "SQLite (WAL, synchronous=FULL) + local files (fsync)",
+        "chain": "Anvil (auto-mine)",
+        "sign_ms": round(sign_s * 1000, 2),
+        "verify_ms": round(verify_s * 1000, 2),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "load_average_1m": round(os.getloadavg()[0], 2)},
+        "secp256k1_backend": type(KeyAPI().backend).__name__,
+        "results": rows,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+
+    click.echo(f"relay benchmark: {tasks} tasks, {len(png)} byte PNG results, one uvicorn worker, one client")
+    header = f"{'operation':<66} {'n':>4} {'per s':>7} {'p50 ms':>8} {'p95 ms':>8} {'MB/s':>6}"
+    click.echo(header)
+    click.echo("-" * len(header))
+    for r in rows:
+        click.echo(f"{r['operation']:<66} {r['count']:>4} {r['per_second']:>7} {r['p50_ms']:>8} "
+                   f"{r['p95_ms']:>8} {r['mb_per_second']:>6}")
+    click.echo(f"signature: sign {report['sign_ms']} ms, verify {report['verify_ms']} ms "
+               f"({report['secp256k1_backend']}); load average {report['machine']['load_average_1m']}")
+    click.echo(f"written to {out}")
