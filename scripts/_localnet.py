@@ -268,23 +268,38 @@ class LocalNet:
         self.nodes.append(node)
         return node
 
-    def join(self, node: Node, timeout: float = 180.0) -> None:
-        """`crynux-node join` as a separate process (stake with a permit, models declared)."""
-        args = [sys.executable, "-m", "node_client.cli", "--config", str(node.config_path), "join"]
-        with open(self.logs_dir / f"{node.name}.log", "ab") as out:
-            try:
-                rc = subprocess.run(args, env=_env(), stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
-                                    timeout=timeout).returncode
-            except subprocess.TimeoutExpired as exc:
-                raise LocalNetError(f"{node.name}: join took more than {timeout:.0f} s") from exc
-        if rc != 0:
-            raise LocalNetError(f"{node.name}: join failed (exit {rc}):\n{_tail(node.proc.log_path)}")
+    def join(self, *nodes: Node, timeout: float = 180.0) -> None:
+        """`crynux-node join` for each node, as separate processes run in parallel (stake with
+        a permit, hardware and held models declared)."""
+        running: list[tuple[Node, subprocess.Popen[bytes], Any]] = []
+        try:
+            for node in nodes:
+                args = [sys.executable, "-m", "node_client.cli", "--config", str(node.config_path), "join"]
+                out = open(self.logs_dir / f"{node.name}.log", "ab")
+                running.append((node, subprocess.Popen(args, env=_env(), stdout=out, stderr=subprocess.STDOUT,
+                                                       cwd=REPO_ROOT, start_new_session=True), out))
+            deadline = time.monotonic() + timeout
+            for node, proc, _out in running:
+                try:
+                    rc = proc.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired as exc:
+                    raise LocalNetError(f"{node.name}: join took more than {timeout:.0f} s") from exc
+                if rc != 0:
+                    raise LocalNetError(f"{node.name}: join failed (exit {rc}):\n{_tail(node.proc.log_path)}")
+        finally:
+            for _node, proc, out in running:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                out.close()
 
     def start_node(self, node: Node) -> None:
         node.proc.start()
 
     def wait_ready(self, nodes: list[Node] | None = None, timeout: float = 180.0) -> None:
-        """Waits until every node's inference engine is up (it logs 'ready in')."""
+        """Waits until every node's inference engine is up: it logs 'ready in' (engine built) or
+        'inference libraries imported' (the engine imported torch and only builds pipelines
+        when the first task needs them)."""
         pending = list(nodes if nodes is not None else self.nodes)
         deadline = time.monotonic() + timeout
         while pending:
@@ -293,7 +308,8 @@ class LocalNet:
                     raise LocalNetError(f"{node.name} exited:\n{_tail(node.proc.log_path)}")
                 text = node.proc.log()
                 last_start = text.rfind("===== start")
-                if " ready in " in text[last_start:]:
+                tail = text[last_start:]
+                if " ready in " in tail or "inference libraries imported" in tail:
                     pending.remove(node)
             if pending and time.monotonic() > deadline:
                 names = ", ".join(n.name for n in pending)

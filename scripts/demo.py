@@ -132,8 +132,8 @@ def cli(network: str, model: str, model_path: str | None, text_model: str, promp
             names[n.address.lower()] = n.name
 
         def join_and_start() -> None:
+            net.join(*nodes)
             for n in nodes:
-                net.join(n)
                 net.start_node(n)
             net.wait_ready(timeout=300)
 
