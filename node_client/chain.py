@@ -33,6 +33,11 @@ log = logging.getLogger(__name__)
 
 ZERO_ADDRESS = "0x" + "00" * 20
 ZERO32 = b"\x00" * 32
+#: Gas limits at least this high (unused gas is not paid): what a call costs depends on what
+#: others did first (the last of three disclosures settles the audit, with slashes and
+#: payments; an auditor's commit can open the disclosure and start the node's next task).
+COMMIT_GAS_FLOOR = 600_000
+DISCLOSE_GAS_FLOOR = 1_000_000
 
 
 class ChainError(Exception):
@@ -405,12 +410,15 @@ class NodeChain:
         pending = int(self.w3.eth.get_transaction_count(self.address, "pending"))
         return max(pending, self._next_nonce or 0)
 
-    def transact(self, fn: Any, what: str | None = None, *, attempts: int = 3) -> dict[str, Any]:
+    def transact(self, fn: Any, what: str | None = None, *, attempts: int = 3, min_gas: int = 0) -> dict[str, Any]:
         """Sends fn as a transaction from the node's account and waits for its receipt.
 
         The gas estimate runs first, so a call that would revert raises TxReverted with the
-        contract's custom error before anything is sent. Raises ChainUnavailable when the
-        RPC fails or the receipt does not come in time."""
+        contract's custom error before anything is sent. The gas limit is 1.5 x the estimate,
+        at least `min_gas`: a call's cost can grow between estimate and inclusion (the last
+        disclosure settles the task; an auditor's commit may open the disclosure and hand the
+        node its next task). Raises ChainUnavailable when the RPC fails or the receipt does
+        not come in time."""
         if self._account is None:
             raise ChainError("no account configured: cannot send transactions")
         what = what or f"{fn.fn_name}"
@@ -425,7 +433,7 @@ class NodeChain:
                         raise TxReverted(what, name, args) from None
                     nonce = self._nonce()
                     tx = fn.build_transaction(
-                        {"from": self.address, "nonce": nonce, "gas": int(gas * 1.2) + 20_000}
+                        {"from": self.address, "nonce": nonce, "gas": max(int(gas * 1.5) + 20_000, min_gas)}
                     )
                     signed = self._account.sign_transaction(tx)
                     tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
@@ -470,13 +478,16 @@ class NodeChain:
 
     # market
     def commit(self, task_id: int, commitment: bytes) -> dict[str, Any]:
-        return self.transact(self.market.functions.commit(task_id, commitment), f"commit({task_id})")
+        return self.transact(self.market.functions.commit(task_id, commitment), f"commit({task_id})",
+                             min_gas=COMMIT_GAS_FLOOR)
 
     def disclose(self, task_id: int, score: bytes, salt: bytes) -> dict[str, Any]:
-        return self.transact(self.market.functions.disclose(task_id, score, salt), f"disclose({task_id})")
+        return self.transact(self.market.functions.disclose(task_id, score, salt), f"disclose({task_id})",
+                             min_gas=DISCLOSE_GAS_FLOOR)
 
     def timeout(self, task_id: int) -> dict[str, Any]:
-        return self.transact(self.market.functions.timeout(task_id), f"timeout({task_id})")
+        return self.transact(self.market.functions.timeout(task_id), f"timeout({task_id})",
+                             min_gas=DISCLOSE_GAS_FLOOR)
 
     def withdraw(self) -> dict[str, Any]:
         return self.transact(self.market.functions.withdraw(), "withdraw()")

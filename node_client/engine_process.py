@@ -133,7 +133,10 @@ def _child_main(spec: EngineSpec, conn: Connection) -> None:  # pragma: no cover
 
 
 class EngineProcess:
-    """One engine child process; submit one task at a time, poll for the reply."""
+    """One engine child process; submit one task at a time, poll for the reply.
+
+    `launch()` starts the child without waiting (the loop keeps delivering and disclosing
+    while torch loads); `ready()` says whether it can take a task; `start()` waits."""
 
     def __init__(self, spec: EngineSpec, *, start_timeout: float = 300.0) -> None:
         self.spec = spec
@@ -141,6 +144,8 @@ class EngineProcess:
         self._ctx = mp.get_context("spawn")
         self._proc: Any = None
         self._conn: Connection | None = None
+        self._ready = False
+        self._launched_at = 0.0
         self._busy: EngineRequest | None = None
         self._submitted_at = 0.0
         self.starts = 0
@@ -157,33 +162,65 @@ class EngineProcess:
     def busy_seconds(self) -> float:
         return time.monotonic() - self._submitted_at if self._busy else 0.0
 
+    @property
+    def starting(self) -> bool:
+        return self._proc is not None and not self._ready
+
     def alive(self) -> bool:
         return self._proc is not None and self._proc.is_alive()
 
-    def start(self) -> float:
-        """Starts the child and waits until its engine is built; returns the seconds it took."""
-        t0 = time.monotonic()
+    def launch(self) -> None:
+        """Starts the child process; returns at once."""
+        if self._proc is not None:
+            return
         parent, child = self._ctx.Pipe(duplex=True)
         self._proc = self._ctx.Process(target=_child_main, args=(self.spec, child), name="crynux-engine", daemon=True)
         self._proc.start()
         child.close()
         self._conn = parent
-        if not parent.poll(self.start_timeout):
-            self.stop(kill=True)
-            raise EngineDied(f"the engine process did not start within {self.start_timeout:.0f} s")
+        self._ready = False
+        self._launched_at = time.monotonic()
+
+    def ready(self, timeout: float = 0.0) -> bool:
+        """Whether the engine can take a task (waits up to `timeout` for its start-up).
+        Raises EngineDied when the child died or overran start_timeout while starting."""
+        if self._ready:
+            return True
+        if self._proc is None or self._conn is None:
+            return False
         try:
-            msg = parent.recv()
+            got = self._conn.poll(timeout)
+        except (OSError, EOFError):
+            got = True
+        if not got:
+            if not self._proc.is_alive():
+                code = self._exitcode()
+                self.stop(kill=True)
+                raise EngineDied(f"the engine process exited while starting (code {code})")
+            if time.monotonic() - self._launched_at > self.start_timeout:
+                self.stop(kill=True)
+                raise EngineDied(f"the engine process did not start within {self.start_timeout:.0f} s")
+            return False
+        try:
+            msg = self._conn.recv()
         except (EOFError, OSError) as exc:
+            code = self._exitcode()
             self.stop(kill=True)
-            raise EngineDied(f"the engine process died while starting (exit code {self._exitcode()})") from exc
+            raise EngineDied(f"the engine process died while starting (exit code {code})") from exc
         if not (isinstance(msg, tuple) and msg[0] == "ready"):
             self.stop(kill=True)
             raise EngineDied(f"unexpected first message from the engine: {msg!r}")
+        self._ready = True
         self.starts += 1
-        self._busy = None
-        elapsed = time.monotonic() - t0
-        log.info("engine process %d ready in %.1f s", self._proc.pid, elapsed)
-        return elapsed
+        log.info("engine process %d ready in %.1f s", self._proc.pid, time.monotonic() - self._launched_at)
+        return True
+
+    def start(self) -> float:
+        """Starts the child and waits until its engine is built; returns the seconds it took."""
+        self.launch()
+        while not self.ready(0.5):
+            pass
+        return time.monotonic() - self._launched_at
 
     def _exitcode(self) -> int | None:
         if self._proc is None:
@@ -194,8 +231,8 @@ class EngineProcess:
     def submit(self, req: EngineRequest) -> None:
         if self._busy is not None:
             raise RuntimeError(f"the engine is busy with task {self._busy.task_id}")
-        if self._conn is None or not self.alive():
-            raise EngineDied("the engine process is not running")
+        if self._conn is None or not self._ready or not self.alive():
+            raise EngineDied("the engine process is not ready")
         try:
             self._conn.send(req)
         except (OSError, BrokenPipeError) as exc:
@@ -228,6 +265,7 @@ class EngineProcess:
         return reply
 
     def stop(self, *, kill: bool = False, timeout: float = 10.0) -> None:
+        """Stops the child: asks it to exit (or SIGKILLs it: it holds no state worth keeping)."""
         if self._conn is not None:
             if not kill:
                 try:
@@ -245,11 +283,13 @@ class EngineProcess:
                 self._proc.join(5)
             self._proc = None
         self._busy = None
+        self._ready = False
 
-    def restart(self) -> float:
+    def restart(self) -> None:
+        """Kills the child and launches a fresh one (without waiting for it)."""
         log.warning("restarting the engine process (a fresh engine)")
         self.stop(kill=True)
-        return self.start()
+        self.launch()
 
 
 def engine_spec_from_config(cfg: Any) -> EngineSpec:

@@ -145,17 +145,22 @@ class Worker:
             log.info("resuming task %d [%s] at stage %s", e.task_id, e.role.value, e.stage.value)
             self._wake.add(e.task_id)
         try:
-            self.engine.start()
+            self.engine.launch()  # torch loads in the background while the loop works
             while True:
                 try:
                     self.tick()
                 except ChainUnavailable as exc:
                     log.warning("chain unavailable: %s; retrying in %.0f s", exc, self.cfg.poll_interval)
+                except _Retry as exc:
+                    log.warning("%s", exc)
+                except Exception:  # keep the loop alive; the journal and the chain are the truth
+                    log.exception("unexpected error in the loop; continuing")
+                    self._interrupt.wait(self.cfg.poll_interval)
                 if self._should_exit():
                     break
                 self._wait()
         finally:
-            self.engine.stop()
+            self.engine.stop(kill=True)
         self._report_exit()
         return 0
 
@@ -169,6 +174,13 @@ class Worker:
         self.journal.set_meta(_META_PAUSED_BY_LOOP, None)
 
     def _wait(self) -> None:
+        if self.engine.starting and self._needs_engine():
+            try:
+                if self.engine.ready(self.cfg.poll_interval):
+                    self._wake.update(e.task_id for e in self.journal.open_entries() if e.stage == Stage.ASSIGNED)
+            except EngineDied as exc:
+                self._engine_start_failed(exc)
+            return
         if self.engine.busy_with is not None:
             try:
                 reply = self.engine.poll(self.cfg.poll_interval)
@@ -182,6 +194,15 @@ class Worker:
             if not any(self._retry_at.get(t, 0.0) <= now for t in self._wake):
                 self._interrupt.wait(self.cfg.poll_interval)
                 self._interrupt.clear()
+
+    def _needs_engine(self) -> bool:
+        return any(e.stage == Stage.ASSIGNED for e in self.journal.open_entries())
+
+    def _engine_start_failed(self, exc: Exception) -> None:
+        log.error("the engine process failed to start: %s; trying again", exc)
+        self.engine.stop(kill=True)
+        self._interrupt.wait(self.cfg.poll_interval)
+        self.engine.launch()
 
     def engine_task(self) -> int:
         busy = self.engine.busy_with
@@ -251,10 +272,17 @@ class Worker:
                 self._backoff.pop(tid, None)
                 self._retry_at.pop(tid, None)
             except (ChainUnavailable, _Retry) as exc:
-                delay = min(self._backoff.get(tid, self.cfg.retry_backoff) * 2, 30.0)
-                self._backoff[tid] = delay
-                self._retry_at[tid] = time.monotonic() + delay
-                log.warning("task %d: %s; retrying in %.0f s", tid, exc, delay)
+                self._later(tid, str(exc))
+            except Exception as exc:  # a bug or an unexpected answer: keep the loop alive
+                log.exception("task %d: unexpected error at stage %s", tid, entry.stage.value)
+                self._later(tid, f"{type(exc).__name__}: {exc}")
+
+    def _later(self, task_id: int, reason: str) -> None:
+        delay = min(self._backoff.get(task_id, self.cfg.retry_backoff / 2) * 2, 30.0)
+        self._backoff[task_id] = delay
+        self._retry_at[task_id] = time.monotonic() + delay
+        self._wake.add(task_id)
+        log.warning("task %d: %s; retrying in %.1f s", task_id, reason, delay)
 
     def _scan_events(self) -> None:
         assert self._cursor is not None
@@ -349,6 +377,12 @@ class Worker:
             return
         if self.engine.busy_with is not None:
             return  # another task computes; this one waits (cannot happen with one task per node)
+        try:
+            if not self.engine.ready():
+                return  # still starting: woken when it is ready
+        except EngineDied as exc:
+            self._engine_start_failed(exc)
+            return
         fetched = self._fetched.get(tid)
         if fetched is None:
             fetched = self._fetch(entry, task)
@@ -474,10 +508,7 @@ class Worker:
     def _engine_failed(self, task_id: int, reason: str, *, restart: bool) -> None:
         log.error("task %d: inference failed on this node: %s", task_id, reason)
         if restart:
-            try:
-                self.engine.restart()
-            except EngineDied as exc:
-                log.error("the engine process does not start: %s", exc)
+            self.engine.restart()
         entry = self.journal.get(task_id) if task_id else None
         if entry is None or entry.stage != Stage.ASSIGNED:
             return
@@ -616,7 +647,7 @@ class Worker:
                 self._wake.add(tid)  # re-read the task next pass
                 log.info("task %d: not disclosing: %s", tid, exc)
                 return
-            raise
+            raise _Retry(str(exc)) from exc
         disclose_s = time.monotonic() - t0
         self.journal.advance(tid, Stage.DISCLOSED, timings=self._timing(entry, disclose_s=disclose_s))
         log.info("task %d [%s]: disclosed in block %d (%.2f s)", tid, entry.role.value,

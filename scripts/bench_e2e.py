@@ -55,7 +55,7 @@ def _run_tasks(client: Any, net: LocalNet, count: int, seed0: int, timeout: floa
         args = {"base_model": "base:tiny-sd", "prompt": f"bench image {seed0 + i}",
                 "task_config": {"image_width": 64, "image_height": 64, "steps": 2, "seed": seed0 + i,
                                 "num_images": 1, "cfg": 7.0}}
-        rep = client.generate_image(args, 2 * CNX, required_gpu=GPU, timeout=timeout)
+        rep = client.generate_image(args, 2 * CNX, required_gpu=GPU, min_vram=8, timeout=timeout)
         total = rep.phase_times["downloaded"]
         node = net.node_by_address(rep.executor)
         timings: dict[str, Any] = {}
@@ -123,7 +123,7 @@ def cli(network: str, tasks: int, warmup: int, nodes: int, out_dir: str, json_ou
             key = Account.create()
             deployer.transfer(key.address, 10 * ETH)
             token.transfer(key.address, 1_000 * CNX, sender=treasury)
-            node_list.append(net.add_node(f"node-{i + 1}", key, gpu=GPU))
+            node_list.append(net.add_node(f"node-{i + 1}", key, gpu=GPU, vram_gb=8))
         net.join(*node_list)
         for node in node_list:
             net.start_node(node)

@@ -208,7 +208,12 @@ class CrynuxClient:
         always_audit: bool = False,
     ) -> TaskReport:
         """Uploads the raw argument bytes and creates the task. Raises InsufficientBalance,
-        TransactionFailed (e.g. QueueFull) or RelayUnreachable."""
+        TransactionFailed (e.g. QueueFull) or RelayUnreachable.
+
+        min_vram: minimum VRAM in GB; with `required_gpu` (a GPU name, e.g. for bit-exact text
+        results) it is the exact VRAM the node must have, so it must be given then."""
+        if required_gpu and not min_vram:
+            raise ValueError("required_gpu needs min_vram: the node's exact VRAM in GB")
         tt = TaskType(int(task_type))
         escrow = fee * 3 if always_audit else fee
         self._check_funds(escrow)

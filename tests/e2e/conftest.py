@@ -27,6 +27,7 @@ CNX = 10**18
 ETH = 10**18
 HONEST = "E2E-HONEST"  # three honest nodes
 CHEAT = "E2E-CHEAT"  # one cheater first, two honest auditors joined later
+VRAM = 8  # every node declares 8 GB; a task naming a GPU must name the exact VRAM
 
 #: Short protocol times: T = 2 s + 1 s per image (1 s text); execution timeout 20 s.
 E2E_PARAMS = {
@@ -71,7 +72,7 @@ class E2E:
         nodes = []
         for _ in range(count):
             name = f"{group.lower()}-{len(self.groups.get(group, [])) + 1}"
-            node = self.net.add_node(name, Account.create(), gpu=group, **node_cfg)
+            node = self.net.add_node(name, Account.create(), gpu=group, vram_gb=VRAM, **node_cfg)
             self.groups.setdefault(group, []).append(node)
             self.fund(node.address, 1_000 * CNX)
             nodes.append(node)

@@ -13,7 +13,10 @@ from crynux_common import scores
 from crynux_common.enums import NodeStatus, Outcome, TaskStatus, TaskType
 from relay_client.sdk import ImageResult, TaskAborted, TextResult
 
-from .conftest import CHEAT, CNX, E2E, HONEST
+from .conftest import CHEAT, CNX, E2E, HONEST, VRAM
+
+PIN_HONEST = {"required_gpu": HONEST, "min_vram": VRAM}  # only the honest group's nodes
+PIN_CHEAT = {"required_gpu": CHEAT, "min_vram": VRAM}
 
 
 def _wait_status(e2e: E2E, task_id: int, statuses: set[TaskStatus], timeout: float = 60.0) -> dict:
@@ -39,14 +42,14 @@ def _honest_idle(e2e: E2E, timeout: float = 60.0) -> None:
 
 def test_imageAndTextTasks_succeedWithVerifiedResults(e2e: E2E) -> None:
     before = e2e.client.balance()
-    img = e2e.client.generate_image(e2e.image(1, num_images=2), 4 * CNX, required_gpu=HONEST, min_vram=8,
+    img = e2e.client.generate_image(e2e.image(1, num_images=2), 4 * CNX, **PIN_HONEST,
                                     timeout=90)
     assert isinstance(img.result, ImageResult)
     assert len(img.result.images) == 2 and img.result.images[0].size == (64, 64)
     assert img.result.score == scores.image_score(img.result.files)
     assert [p for p in ("started", "committed", "delivered") if p in img.phase_times] == \
         ["started", "committed", "delivered"]
-    txt = e2e.client.generate_text(e2e.text(2), 2 * CNX, required_gpu=HONEST, timeout=90)
+    txt = e2e.client.generate_text(e2e.text(2), 2 * CNX, **PIN_HONEST, timeout=90)
     assert isinstance(txt.result, TextResult)
     assert txt.result.score == scores.text_score(txt.result.raw)
     for rep in (img, txt):
@@ -58,7 +61,7 @@ def test_imageAndTextTasks_succeedWithVerifiedResults(e2e: E2E) -> None:
 
 def test_alwaysAuditTask_threeHonestNodesAgree_executorAndAuditorsPaid(e2e: E2E) -> None:
     _honest_idle(e2e)
-    rep = e2e.client.generate_image(e2e.image(3), 3 * CNX, required_gpu=HONEST, always_audit=True, timeout=90)
+    rep = e2e.client.generate_image(e2e.image(3), 3 * CNX, **PIN_HONEST, always_audit=True, timeout=90)
     info = e2e.client.wait(rep, until="settled", timeout=120)
     assert info["status"] == TaskStatus.SUCCESS and info["drawn"]
     auditors = [a for a in info["auditors"] if int(a, 16)]
@@ -69,7 +72,7 @@ def test_alwaysAuditTask_threeHonestNodesAgree_executorAndAuditorsPaid(e2e: E2E)
 
 def test_relayKilledAndRestartedMidTask_taskStillCompletes(e2e: E2E) -> None:
     _honest_idle(e2e)
-    rep = e2e.client.submit_image(e2e.image(4, size=128, steps=6), 3 * CNX, required_gpu=HONEST)
+    rep = e2e.client.submit_image(e2e.image(4, size=128, steps=6), 3 * CNX, **PIN_HONEST)
     _wait_status(e2e, rep.task_id, {TaskStatus.STARTED, TaskStatus.COMMITTED})
     e2e.net.kill_relay()
     time.sleep(2.0)  # the node commits meanwhile and fails to deliver
@@ -82,13 +85,13 @@ def test_relayKilledAndRestartedMidTask_taskStillCompletes(e2e: E2E) -> None:
 
 def test_moreTasksThanNodes_queuedTasksServedInValueOrder(e2e: E2E) -> None:
     _honest_idle(e2e)
-    busy = [e2e.client.submit_image(e2e.image(10 + i, size=128, steps=8), 5 * CNX, required_gpu=HONEST)
+    busy = [e2e.client.submit_image(e2e.image(10 + i, size=128, steps=8), 5 * CNX, **PIN_HONEST)
             for i in range(3)]
     fees = [1, 4, 2, 3]  # CNX, all 1-image tasks: value order 4, 3, 2, 1
-    queued = [e2e.client.submit_image(e2e.image(20 + i), fee * CNX, required_gpu=HONEST) for i, fee in enumerate(fees)]
+    queued = [e2e.client.submit_image(e2e.image(20 + i), fee * CNX, **PIN_HONEST) for i, fee in enumerate(fees)]
     for rep in queued:
         assert e2e.client.task(rep.task_id)["status"] == TaskStatus.QUEUED, "the three nodes should be busy"
-    est = e2e.client.estimate(5 * CNX / 2, TaskType.IMAGE, 1)
+    est = e2e.client.estimate(5 * CNX // 2, TaskType.IMAGE, 1)
     assert est.queue_position == 2  # behind the 4 and 3 CNX tasks
     for rep in busy + queued:
         e2e.client.wait(rep, until="settled", timeout=120)
@@ -102,7 +105,7 @@ def test_cheatingExecutor_slashedOnAudit_creatorRefunded(e2e: E2E) -> None:
     (cheater,) = e2e.add_nodes(CHEAT, 1, behaviour="wrong_image")
     stake = int(e2e.registry.nodeInfo(cheater.address).stake)
     before = e2e.client.balance()
-    rep = e2e.client.submit_image(e2e.image(30), 3 * CNX, required_gpu=CHEAT, always_audit=True)
+    rep = e2e.client.submit_image(e2e.image(30), 3 * CNX, **PIN_CHEAT, always_audit=True)
     assert e2e.client.task(rep.task_id)["executor"] == cheater.address
     e2e.client.wait(rep, timeout=90)  # the cheater delivers (its result opens its commitment)
     e2e.add_nodes(CHEAT, 2)  # the auditors join: the pending audit goes to them first
@@ -120,12 +123,12 @@ def test_cheatingExecutor_slashedOnAudit_creatorRefunded(e2e: E2E) -> None:
 def test_nodeKilledMidTask_timesOutRefunded_nextTaskGoesToAnotherNode(e2e: E2E) -> None:
     _honest_idle(e2e)
     before = e2e.client.balance()
-    rep = e2e.client.submit_image(e2e.image(40, size=128, steps=10), 3 * CNX, required_gpu=HONEST)
+    rep = e2e.client.submit_image(e2e.image(40, size=128, steps=10), 3 * CNX, **PIN_HONEST)
     info = _wait_status(e2e, rep.task_id, {TaskStatus.STARTED})
     victim = e2e.net.node_by_address(info["executor"])
     victim.proc.kill()
     assert e2e.client.task(rep.task_id)["status"] == TaskStatus.STARTED, "killed after its commit: too slow"
-    nxt = e2e.client.generate_image(e2e.image(41), 3 * CNX, required_gpu=HONEST, timeout=90)
+    nxt = e2e.client.generate_image(e2e.image(41), 3 * CNX, **PIN_HONEST, timeout=90)
     assert nxt.executor is not None and nxt.executor != victim.address
     with pytest.raises(TaskAborted) as aborted:
         e2e.client.wait(rep, until="settled", timeout=90)  # the SDK calls timeout() after the deadline
