@@ -293,6 +293,16 @@ class LocalNet:
                     proc.wait()
                 out.close()
 
+    def node_cli(self, node: Node, *args: str, timeout: float = 120.0) -> None:
+        """`crynux-node --config <node> <args>` (pause, resume, quit, withdraw ...) as a process."""
+        cmd = [sys.executable, "-m", "node_client.cli", "--config", str(node.config_path), *args]
+        with open(self.logs_dir / f"{node.name}-cli.log", "ab") as out:
+            rc = subprocess.run(cmd, env=_env(), stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
+                                timeout=timeout).returncode
+        if rc != 0:
+            raise LocalNetError(f"{node.name}: {' '.join(args)} failed (exit {rc}):\n"
+                                f"{_tail(self.logs_dir / f'{node.name}-cli.log')}")
+
     def start_node(self, node: Node) -> None:
         node.proc.start()
 

@@ -11,7 +11,7 @@ import pytest
 
 from crynux_common import scores
 from crynux_common.enums import NodeStatus, Outcome, TaskStatus, TaskType
-from relay_client.sdk import ImageResult, TaskAborted, TextResult
+from relay_client.sdk import ImageResult, InsufficientBalance, TaskAborted, TextResult, TransactionFailed
 
 from .conftest import CHEAT, CNX, E2E, HONEST, VRAM
 
@@ -59,6 +59,36 @@ def test_imageAndTextTasks_succeedWithVerifiedResults(e2e: E2E) -> None:
     assert e2e.client.balance() == before - 6 * CNX
 
 
+def test_queuedTask_cancelled_refundedAndTyped(e2e: E2E) -> None:
+    before = e2e.client.balance()
+    rep = e2e.client.submit_image(e2e.image(50), 2 * CNX, required_gpu="NO-SUCH-GPU", min_vram=VRAM)
+    assert e2e.client.task(rep.task_id)["status"] == TaskStatus.QUEUED
+    assert e2e.client.estimate(3 * CNX, TaskType.IMAGE, 1).queue_position == 0
+    assert e2e.client.estimate(2 * CNX, TaskType.IMAGE, 1).queue_position == 1  # ties: the older first
+    e2e.client.cancel(rep.task_id)
+    with pytest.raises(TaskAborted) as aborted:
+        e2e.client.wait(rep, timeout=5)
+    assert aborted.value.status == TaskStatus.CANCELLED and aborted.value.refunded == 2 * CNX
+    assert e2e.client.balance() == before
+    with pytest.raises(TransactionFailed) as failed:
+        e2e.client.cancel(rep.task_id)
+    assert failed.value.error == "WrongStatus"
+
+
+def test_applicationWithoutCnx_insufficientBalance(e2e: E2E) -> None:
+    from eth_account import Account
+
+    from relay_client import CrynuxClient
+
+    poor = Account.create()
+    e2e.fund(poor.address, CNX)
+    with CrynuxClient(e2e.client.chain.w3.provider.endpoint_uri, e2e.client.chain.deployment, e2e.net.relay_url,
+                      poor, progress=False) as client:
+        with pytest.raises(InsufficientBalance) as err:
+            client.submit_image(e2e.image(51), 2 * CNX)
+    assert err.value.what == "CNX" and err.value.have == CNX and err.value.need == 2 * CNX
+
+
 def test_alwaysAuditTask_threeHonestNodesAgree_executorAndAuditorsPaid(e2e: E2E) -> None:
     _honest_idle(e2e)
     rep = e2e.client.generate_image(e2e.image(3), 3 * CNX, **PIN_HONEST, always_audit=True, timeout=90)
@@ -102,13 +132,20 @@ def test_moreTasksThanNodes_queuedTasksServedInValueOrder(e2e: E2E) -> None:
 
 
 def test_cheatingExecutor_slashedOnAudit_creatorRefunded(e2e: E2E) -> None:
+    # Two honest nodes of the CHEAT group, running but paused: the task can only start on the
+    # cheater; once it delivered, they resume and take the pending audit.
+    auditors = e2e.add_nodes(CHEAT, 2)
+    for node in auditors:
+        e2e.net.node_cli(node, "pause")
     (cheater,) = e2e.add_nodes(CHEAT, 1, behaviour="wrong_image")
     stake = int(e2e.registry.nodeInfo(cheater.address).stake)
     before = e2e.client.balance()
     rep = e2e.client.submit_image(e2e.image(30), 3 * CNX, **PIN_CHEAT, always_audit=True)
     assert e2e.client.task(rep.task_id)["executor"] == cheater.address
     e2e.client.wait(rep, timeout=90)  # the cheater delivers (its result opens its commitment)
-    e2e.add_nodes(CHEAT, 2)  # the auditors join: the pending audit goes to them first
+    assert e2e.client.task(rep.task_id)["status"] == TaskStatus.AUDITING
+    for node in auditors:
+        e2e.net.node_cli(node, "resume")
     with pytest.raises(TaskAborted) as info:
         e2e.client.wait(rep, until="settled", timeout=150)
     assert info.value.status == TaskStatus.REFUNDED and info.value.outcome == Outcome.EXECUTOR_SLASHED
@@ -116,8 +153,9 @@ def test_cheatingExecutor_slashedOnAudit_creatorRefunded(e2e: E2E) -> None:
     assert e2e.client.balance() == before - 9 * CNX + info.value.refunded
     slashed = e2e.client._task_logs("NodeSlashed", rep.task_id)
     assert [s["args"]["node"] for s in slashed] == [cheater.address]
-    node = e2e.registry.nodeInfo(cheater.address)
-    assert int(node.stake) < stake
+    assert int(e2e.registry.nodeInfo(cheater.address).stake) < stake
+    paid = {e["args"]["node"] for e in e2e.client._task_logs("NodePaid", rep.task_id)}
+    assert paid == {n.address for n in auditors}
 
 
 def test_nodeKilledMidTask_timesOutRefunded_nextTaskGoesToAnotherNode(e2e: E2E) -> None:
