@@ -96,7 +96,7 @@ class AppChain:
         t0 = time.perf_counter()
         with self._lock:
             try:
-                gas = fn.estimate_gas({"from": self.address})
+                gas = fn.estimate_gas({"from": self.address}, block_identifier="pending")
             except (ContractCustomError, ContractLogicError) as exc:
                 name, args = self.decode_error(getattr(exc, "data", None))
                 raise TransactionFailed(what, name, args) from None
