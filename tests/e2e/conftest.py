@@ -29,10 +29,10 @@ HONEST = "E2E-HONEST"  # three honest nodes
 CHEAT = "E2E-CHEAT"  # one cheater first, two honest auditors joined later
 VRAM = 8  # every node declares 8 GB; a task naming a GPU must name the exact VRAM
 
-#: Short protocol times: T = 2 s + 1 s per image (1 s text); execution timeout 20 s.
+#: Short protocol times: T = 2 s + 1 s per image (1 s text); execution timeout 30 s.
 E2E_PARAMS = {
     "market": {
-        "nonGenerationTime": 2, "secondsPerImage": 1, "textGenerationTime": 1, "minTimeout": 20,
+        "nonGenerationTime": 2, "secondsPerImage": 1, "textGenerationTime": 1, "minTimeout": 30,
         "timeoutFactor": 1, "auditRateBps": 0, "auditWindow": 90, "discloseWindow": 40,
     },
 }

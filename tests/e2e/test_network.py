@@ -102,15 +102,21 @@ def test_alwaysAuditTask_threeHonestNodesAgree_executorAndAuditorsPaid(e2e: E2E)
 
 def test_relayKilledAndRestartedMidTask_taskStillCompletes(e2e: E2E) -> None:
     _honest_idle(e2e)
-    rep = e2e.client.submit_image(e2e.image(4, size=128, steps=6), 3 * CNX, **PIN_HONEST)
-    _wait_status(e2e, rep.task_id, {TaskStatus.STARTED, TaskStatus.COMMITTED})
-    e2e.net.kill_relay()
-    time.sleep(2.0)  # the node commits meanwhile and fails to deliver
+    rep = e2e.client.submit_image(e2e.image(4, size=128, steps=3), 3 * CNX, **PIN_HONEST)
+    info = _wait_status(e2e, rep.task_id, {TaskStatus.STARTED, TaskStatus.COMMITTED})
+    executor = e2e.net.node_by_address(info["executor"])
+    fetched = f"task {rep.task_id} [executor]: arguments fetched"
+    deadline = time.monotonic() + 30
+    while fetched not in executor.proc.log() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    e2e.net.kill_relay()  # mid-task: the node computes and commits, then cannot deliver
+    time.sleep(1.0)
     e2e.net.start_relay()
     e2e.client.wait(rep, timeout=60)
     result = e2e.client.fetch_results(rep.task_id, TaskType.IMAGE)
     assert isinstance(result, ImageResult) and result.images[0].size == (128, 128)
     assert e2e.client.wait(rep.task_id, until="settled", timeout=30)["status"] == TaskStatus.SUCCESS
+    assert "relay unreachable" in executor.proc.log() or "retry" in executor.proc.log()
 
 
 def test_moreTasksThanNodes_queuedTasksServedInValueOrder(e2e: E2E) -> None:
