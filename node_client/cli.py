@@ -194,7 +194,8 @@ def status_data(cfg: NodeConfig, tasks: int = 10) -> dict[str, Any]:
         j = Journal(cfg.journal_path)
         out["journal"]["stages"] = j.summary()
         out["journal"]["recent"] = [
-            {"task_id": e.task_id, "role": e.role.value, "stage": e.stage.value, "note": e.note,
+            {"task_id": e.task_id, "role": e.role.value, "stage": e.stage.value, "outcome": e.outcome,
+             "note": e.note,
              "error": e.error, "timings": {k: v for k, v in e.timings.items() if k.endswith("_s")}}
             for e in j.entries(tasks)
         ]
@@ -217,7 +218,8 @@ def cmd_status(cfg: NodeConfig, args: argparse.Namespace) -> int:
     print(f"journal   {', '.join(f'{k} {v}' for k, v in sorted(stages.items())) or 'empty'}")
     for t in data["journal"]["recent"]:
         phases = " ".join(f"{k[:-2]}={v:.2f}s" for k, v in t["timings"].items())
-        print(f"  task {t['task_id']:>6} {t['role']:<8} {t['stage']:<9} {t['note'] or ''} {phases}")
+        print(f"  task {t['task_id']:>6} {t['role']:<8} {t['stage']:<9} {t['outcome'] or ''} {phases}"
+              + (f" ({t['note']})" if t["note"] else ""))
     return 0
 
 

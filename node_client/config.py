@@ -80,13 +80,10 @@ class GpuOverride(BaseModel):
     vram_gb: int = Field(ge=1, le=2**16 - 1)
 
 
-class NodeConfig(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX,
-        env_nested_delimiter="__",
-        extra="forbid",
-        validate_default=True,
-    )
+class NodeConfig(BaseModel):
+    """The node's settings (read them with `load_config`)."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
 
     # --- network ---
     rpc_url: str = "http://127.0.0.1:8545"
@@ -160,18 +157,6 @@ class NodeConfig(BaseSettings):
             raise ValueError("give one of 'keystore' or 'ape_account', not both")
         return self
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The environment wins over the values read from the file (passed as init kwargs).
-        return env_settings, init_settings
-
     def registry_settings(self) -> RegistrySettings:
         """The model registry's settings (imports the inference stack)."""
         from node_client.models import RegistrySettings
@@ -191,6 +176,29 @@ class NodeConfig(BaseSettings):
     @property
     def stake_wei(self) -> int:
         return int(self.stake_cnx * 10**18)
+
+
+class _FromEnvironment(BaseSettings, NodeConfig):
+    """NodeConfig read from CRYNUX_NODE_* variables over the file's values."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment wins over the values read from the file (passed as init kwargs).
+        return env_settings, init_settings
 
 
 _PATH_FIELDS = ("deployment_file", "keystore", "password_file", "data_dir", "ape_data_folder")
@@ -234,9 +242,8 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> NodeConfig:
         path = os.environ.get(CONFIG_ENV) or None
     data = read_config_file(Path(path)) if path is not None else {}
     try:
-        cfg = NodeConfig(**data)
-        if overrides:
-            cfg = NodeConfig.model_validate({**cfg.model_dump(), **overrides})
+        merged = _FromEnvironment(**data).model_dump()
+        cfg = NodeConfig.model_validate({**merged, **overrides})
     except ValidationError as exc:
         raise ConfigError(f"invalid node configuration{f' in {path}' if path else ''}:\n{exc}") from exc
     return cfg

@@ -57,6 +57,8 @@ class JournalEntry(BaseModel):
     error: str | None = None
     #: Why the arguments were judged invalid (error score), or why the task was abandoned.
     note: str | None = None
+    #: How the task ended for this node (set at DONE).
+    outcome: str | None = None
     #: Seconds per phase (args, inference, commit, upload, disclose, ...) and engine counters.
     timings: dict[str, Any] = Field(default_factory=dict)
     #: Inference attempts that failed on this node (InferenceFailure or a dead engine).
@@ -82,6 +84,7 @@ _META_SCHEMA = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEX
 #: Columns added after the first version of the table (added in place on open).
 _ADDED_COLUMNS = {
     "note": "TEXT",
+    "outcome": "TEXT",
     "timings": "TEXT",
     "failures": "INTEGER NOT NULL DEFAULT 0",
     "created_at": "REAL NOT NULL DEFAULT 0",

@@ -245,6 +245,11 @@ class Worker:
 
     def tick(self) -> None:
         self._ticks += 1
+        if self.engine.starting:
+            try:
+                self.engine.ready(0)
+            except EngineDied as exc:
+                self._engine_start_failed(exc)
         self._scan_events()
         if self._ticks == 1 or self._ticks % self.cfg.reconcile_every == 0:
             self._reconcile()
@@ -357,7 +362,7 @@ class Worker:
         phases = ", ".join(f"{k} {v:.2f}" for k, v in t.items() if k.endswith("_s"))
         log.log(level, "task %d [%s] done: %s (%.1f s since assigned; %s)", entry.task_id, entry.role.value,
                 note, total, phases or "no phases")
-        self.journal.advance(entry.task_id, Stage.DONE, note=note)
+        self.journal.advance(entry.task_id, Stage.DONE, outcome=note)
         self._fetched.pop(entry.task_id, None)
 
     def _timing(self, entry: JournalEntry, **phases: float) -> dict[str, Any]:

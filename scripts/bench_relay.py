@@ -64,9 +64,8 @@ def _result_png(target: int) -> bytes:
 def cli(network: str, tasks: int, out: Path) -> None:
     test = accounts.test_accounts
     owner, treasury = test[0], test[1]
-    token = owner.deploy(project.CNXToken, owner, treasury)
     rpc = getattr(chain.provider, "uri", None) or chain.provider.web3.provider.endpoint_uri
-    net = deploy_network(project, test, token, owner, treasury, rpc)
+    net = deploy_network(project, test, owner, treasury, rpc)
     png = _result_png(100 * KiB)
     score = scores.image_score([png])
 

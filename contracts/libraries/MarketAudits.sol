@@ -361,7 +361,9 @@ contract MarketAudits is MarketBase, IMarketAudits {
         agree[2] = present & 4 != 0 && (m[1] || m[2] || alone);
     }
 
-    /// @dev Pays, settles or slashes the auditors. Returns what was paid out of the escrow.
+    /// @dev Slashes the dissenting auditor or settles the others, then pays those that agree
+    ///      (from the escrow with alwaysAudit, else from the pool, pro rata when it is short).
+    ///      Returns what was paid out of the escrow.
     function _settleAuditors(
         uint256 taskId,
         Audit storage a,
@@ -370,25 +372,27 @@ contract MarketAudits is MarketBase, IMarketAudits {
         uint256 fee,
         bool fromEscrow
     ) private returns (uint256 paidFromEscrow) {
-        uint256 paid = (agree[1] ? 1 : 0) + (agree[2] ? 1 : 0);
-        uint256 each = fee;
-        if (!fromEscrow && paid != 0) {
-            uint256 pool = _pool.balance;
-            if (pool < fee * paid) each = pool / paid;
-        }
-        for (uint256 i = 0; i < 2; ++i) {
-            uint256 party = i + 1;
-            address node = a.auditors[i].node;
-            if (node == address(0) || !a.auditors[i].committed || _isSlashed(a, party)) continue;
+        for (uint256 party = 1; party < 3; ++party) {
+            address node = a.auditors[party - 1].node;
+            if (node == address(0) || !a.auditors[party - 1].committed || _isSlashed(a, party)) continue;
             if (present == 7 && !agree[party] && agree[0] && agree[3 - party]) {
                 _slash(taskId, a, party, node, SlashReason.Disagreed);
-                continue;
+            } else {
+                registry.settle(node);
             }
-            registry.settle(node);
-            if (!agree[party]) continue;
-            if (fromEscrow) paidFromEscrow += each;
-            else _pool.balance -= uint96(each);
-            _credit(taskId, node, each);
+        }
+        uint256 paid = (agree[1] ? 1 : 0) + (agree[2] ? 1 : 0);
+        if (paid == 0) return 0;
+        uint256 each = fee;
+        if (!fromEscrow) {
+            uint256 pool = _pool.balance;
+            if (pool < fee * paid) each = pool / paid;
+            _pool.balance = uint96(pool - each * paid);
+        } else {
+            paidFromEscrow = each * paid;
+        }
+        for (uint256 party = 1; party < 3; ++party) {
+            if (agree[party]) _credit(taskId, a.auditors[party - 1].node, each);
         }
     }
 

@@ -18,7 +18,10 @@ from .attest import Attestor
 from .auth import Authenticator
 from .errors import ApiError, ErrorBody, api_error_handler
 from .metrics import RelayMetrics
-from .routes import RelayContext, router
+from .deps import RelayContext
+from .routes_args import router as args_router
+from .routes_public import router as public_router
+from .routes_results import router as results_router
 from .settings import RelaySettings
 
 log = logging.getLogger(__name__)
@@ -88,5 +91,6 @@ def create_app(
         metrics.latency.labels(request.method, name).observe(time.perf_counter() - start)
         return response
 
-    app.include_router(router)
+    for router in (args_router, results_router, public_router):
+        app.include_router(router)
     return app

@@ -193,6 +193,8 @@ class Network:
             "gpu": {"name": gpu, "vram_gb": VRAM},
             "poll_interval": 0.25,
             "reconcile_every": 4,
+            # Tests start and restart many nodes: pay the pipeline imports at the first task only.
+            "preload_inference_libraries": False,
             "models": {"tiny_models": True, "tiny_cache_dir": str(self.tiny_cache), "allow_download": False},
             **config,
         }

@@ -104,6 +104,31 @@ def test_argumentsNamingOtherModels_areInvalid(net: Network, node: NodeProc) -> 
     assert "not the models the task declares" in (entry.note or "")
 
 
+def test_inferenceFailure_restartsEngine_commitsNothing_andTimesOut(net: Network, node: NodeProc) -> None:
+    from ape import chain
+
+    # A model this node cannot get (downloads off): ModelUnavailable, an InferenceFailure.
+    args = image_args(61, base_model="base:nobody/not-downloaded")
+    task_id = net.create_task(args, GPU, models=["base:nobody/not-downloaded"])
+    assert net.task(task_id).executor == node.address
+    wait_for(lambda: (e := node.entry(task_id)) is not None and e.stage == Stage.ABANDONED, TIMEOUT,
+             "the node to give up on the task", [node])
+    entry = node.entry(task_id)
+    assert entry.failures == 2 and "ModelUnavailable" in (entry.error or "")
+    assert node.log().count("restarting the engine process") >= 2
+    # Never a false error score: nothing was committed, the task waits for its timeout.
+    assert bytes(net.market.commitmentOf(task_id, node.address)) == b"\x00" * 32
+    assert net.status(task_id) == TaskStatus.STARTED
+
+    # Past the deadline the node ends the task itself (timeout()) and is free again.
+    chain.mine(1, timestamp=int(net.task(task_id).deadline) + 1)
+    assert net.wait_final(task_id, TIMEOUT, [node]) == TaskStatus.REFUNDED
+    assert [int(e.outcome) for e in net.events("TaskSettled", task_id)] == [Outcome.NOT_COMMITTED]
+    wait_for(lambda: node.entry(task_id).stage == Stage.DONE, TIMEOUT, "the journal to close the task", [node])
+    wait_for(lambda: NodeStatus(int(net.registry.statusOf(node.address))) == NodeStatus.AVAILABLE, TIMEOUT,
+             "the node to be available again", [node])
+
+
 def test_sigterm_finishesCurrentTask_pausesAndExits_thenResumesOnRestart(net: Network, node: NodeProc) -> None:
     task_id = net.create_task(image_args(51), GPU)
     assert net.task(task_id).executor == node.address
@@ -113,7 +138,7 @@ def test_sigterm_finishesCurrentTask_pausesAndExits_thenResumesOnRestart(net: Ne
     assert NodeStatus(int(net.registry.statusOf(node.address))) == NodeStatus.PAUSED
     assert "paused on-chain" in node.log()
 
-    node.start().wait_ready()
+    node.start()
     wait_for(lambda: NodeStatus(int(net.registry.statusOf(node.address))) == NodeStatus.AVAILABLE,
              TIMEOUT, "the restarted node to resume", [node])
     assert node.cli("status") == 0

@@ -3,6 +3,7 @@ standing in for the task market (it may call lockRandom/lock/release/settle/slas
 node accounts and helpers to join them."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
@@ -120,3 +121,14 @@ def run_task(registry, market, node, score: int = 10, settled: bool = True):
     """lock + release: one whole task on `node`."""
     registry.lock(node, sender=market)
     return registry.release(node, score, settled, sender=market)
+
+
+@contextmanager
+def isolated(chain):
+    """Snapshot, run, restore. (Ape's chain.isolate() swallows every exception raised inside
+    it, so an assertion failing inside it would pass silently.)"""
+    snapshot = chain.snapshot()
+    try:
+        yield
+    finally:
+        chain.restore(snapshot)

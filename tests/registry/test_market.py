@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from crynux_common.enums import NodeStatus as S
 from tests.conftest import CNX
-from tests.registry.conftest import MIN_STAKE, QOS_ONE, ZERO, Req, run_task
+from tests.registry.conftest import MIN_STAKE, QOS_ONE, ZERO, Req, isolated, run_task
 
 DEFAULT_PARAMS = (400 * CNX, 10_000, 4 * QOS_ONE, 20, 50, 1, 0, 0, 32, 64)
 
@@ -195,7 +195,7 @@ def test_release_failsIfSettledTwice(registry, nodes, join, market):
 @settings(max_examples=10)
 @given(scores=st.lists(st.sampled_from([0, 6, 10]), min_size=1, max_size=12))
 def test_qos_matchesPythonModel(chain, registry, nodes, join, market, scores):
-    with chain.isolate():
+    with isolated(chain):
         a = nodes[0]
         join(a)
         q = 10 * QOS_ONE

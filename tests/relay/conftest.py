@@ -62,13 +62,12 @@ def _function_isolation():  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="module")
 def network(project, accounts, owner, treasury, rpc_url) -> Network:  # type: ignore[no-untyped-def]
-    """CNX token, NodeRegistry and TaskMarket on the session's Anvil, ten joined nodes, a
-    funded application, the relay's account holding RELAY_ROLE; audit draws off (0 bps)."""
-    for name in ("NodeRegistry", "TaskMarket"):
+    """The whole network (scripts/_network.py) on the session's Anvil, ten joined nodes, two
+    funded applications, the relay's account holding RELAY_ROLE; audit draws off (0 bps)."""
+    for name in ("NodeRegistry", "TaskMarket", "NodeMining", "TaskMining"):
         if not hasattr(project, name):
             pytest.skip(f"the contract {name} is not in this tree yet")
-    token = owner.deploy(project.CNXToken, owner, treasury)
-    return deploy_network(project, accounts, token, owner, treasury, rpc_url)
+    return deploy_network(project, accounts, owner, treasury, rpc_url)
 
 
 @pytest.fixture(scope="module")

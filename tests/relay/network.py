@@ -13,7 +13,8 @@ from eth_utils import keccak
 from PIL import Image
 
 from crynux_common import scores
-from crynux_common.deployment import DeployedContract, Deployment
+from scripts._network import deploy_network as deploy_contracts
+from scripts._network import deployment_record
 from crynux_common.schemas import TaskType, canonical_json
 
 CNX = 10**18
@@ -68,6 +69,7 @@ def text_args(seed: int) -> bytes:
 @dataclass
 class Network:
     rpc_url: str
+    contracts: dict[str, Any]
     token: Any
     registry: Any
     market: Any
@@ -90,12 +92,8 @@ class Network:
         raise KeyError(address)
 
     def write_deployment(self, path: Path) -> Path:
-        """The project's deployment file (crynux_common.deployment), ABIs included."""
-        contracts = {
-            name: DeployedContract(address=c.address, abi=c.contract_type.model_dump(mode="json", by_alias=True)["abi"])
-            for name, c in (("TaskMarket", self.market), ("NodeRegistry", self.registry), ("CNXToken", self.token))
-        }
-        Deployment(network="local", chain_id=31337, contracts=contracts).save(path)
+        """The project's deployment file (crynux_common.deployment), as the deploy script writes it."""
+        deployment_record("local-test", self.contracts).save(path)
         return path
 
     def next_seed(self) -> int:
@@ -121,18 +119,13 @@ class Network:
         self.market.commit(task_id, scores.commitment(task_id, node.address, score, salt), sender=node)
 
 
-def deploy_network(project: Any, accounts: Any, token: Any, owner: Any, treasury: Any, rpc_url: str) -> Network:
-    registry = owner.deploy(project.NodeRegistry, token, owner, treasury)
-    market = owner.deploy(project.TaskMarket, token, registry, owner)
-    registry.setMarket(market, sender=owner)
+def deploy_network(project: Any, accounts: Any, owner: Any, treasury: Any, rpc_url: str) -> Network:
+    """The whole network as scripts/_network.py deploys it (the deploy script's own code),
+    with audit draws off; ten nodes joined, two funded applications, accounts[9] the relay."""
     relay = accounts[9]
-    market.grantRole(market.RELAY_ROLE(), relay, sender=owner)
-    params = list(market.params())
-    fields = [c["name"] for c in next(
-        i for i in market.contract_type.model_dump(mode="json")["abi"] if i.get("name") == "params"
-    )["outputs"][0]["components"]]
-    params[fields.index("auditRateBps")] = 0  # deterministic tests: no random audits
-    market.setParams(tuple(params), sender=owner)
+    contracts = deploy_contracts(project, owner, treasury=treasury.address, relay=relay.address,
+                                 params={"market": {"auditRateBps": 0}})  # deterministic: no random audits
+    token, registry, market = contracts["CNXToken"], contracts["NodeRegistry"], contracts["TaskMarket"]
     creator, other_app = accounts[2], accounts[8]
     nodes = [accounts[i] for i in range(3, 8)]
     for _ in range(NUM_EXTRA_NODES):  # more nodes than the mnemonic's funded accounts
@@ -147,5 +140,6 @@ def deploy_network(project: Any, accounts: Any, token: Any, owner: Any, treasury
         token.approve(registry, 2**256 - 1, sender=node)
         registry.join(MIN_STAKE, GPU, 24, [1, 0, 0], [h(BASE_MODEL), h(TEXT_MODEL)], sender=node)
     keys = {a.address: Account.from_key(a.private_key) for a in [creator, other_app, *nodes]}
-    return Network(rpc_url=rpc_url, token=token, registry=registry, market=market, owner=owner, creator=creator,
-                   other_app=other_app, nodes=nodes, relay_key=relay.private_key, keys=keys)
+    return Network(rpc_url=rpc_url, contracts=contracts, token=token, registry=registry, market=market,
+                   owner=owner, creator=creator, other_app=other_app, nodes=nodes, relay_key=relay.private_key,
+                   keys=keys)

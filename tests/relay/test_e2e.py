@@ -105,10 +105,13 @@ def test_textTask_deliversCanonicalJson(network: Network, relay_proc: RelayProce
     score, salt = scores.text_score(response), scores.new_salt()
     network.commit(task_id, executor, score, salt)
     out = client(relay_proc, network, executor).upload_results(
-        task_id, [ResultUpload("response.json", response, "application/json")], score, salt
+        task_id, [ResultUpload("réponse \"1\".json", response, "text/x-whatever")], score, salt
     )
     assert out.attestation.state == "mined"
-    assert client(relay_proc, network, network.creator).download_results(task_id) == [response]
+    creator = client(relay_proc, network, network.creator)
+    assert creator.download_results(task_id) == [response]
+    (info,) = creator.get_results(task_id).files
+    assert info.content_type == "application/json" and info.name.isascii() and '"' not in info.name
 
 
 def test_errorScore_deliversNoFiles(network: Network, relay_proc: RelayProcess):
