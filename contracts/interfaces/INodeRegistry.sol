@@ -163,7 +163,7 @@ interface INodeRegistry {
     /// @notice The node's stake (what is left of it) was sent back to it.
     event StakeReturned(address indexed node, uint256 amount);
     /// @notice A node changed its model list (keccak256 of the model ID strings).
-    event ModelsUpdated(address indexed node, bytes32[] added, bytes32[] removed);
+    event ModelsUpdated(address indexed node, bytes32[] added, bytes32[] dropped);
     /// @notice A node declared a new client version.
     event VersionUpdated(address indexed node, uint16 major, uint16 minor, uint16 patch);
     /// @notice A new hardware group (gpu, vram) was created by a join.

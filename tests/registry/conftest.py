@@ -3,6 +3,7 @@ standing in for the task market (it may call lockRandom/lock/release/settle/slas
 node accounts and helpers to join them."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
@@ -63,3 +64,71 @@ def join(registry):
         return registry.join(stake, gpu, vram, list(version), [h(m) for m in models], sender=node)
 
     return _join
+
+
+ZERO = "0x" + "00" * 20
+# Runtime code of a recorder: LOG0(calldata) and stop. Put at an address with anvil's setCode,
+# it accepts any hook call (INodeMining.updateWeight, INodeAvailableHook.onNodeAvailable) and
+# leaves the call data in the receipt's logs.
+RECORDER_CODE = "0x365f5f37365fa000"
+
+
+@pytest.fixture(scope="session")
+def fund(token, treasury, chain):
+    """fund(account, cnx=10_000 CNX): ETH for gas and CNX."""
+
+    def _fund(account, cnx: int = 10_000 * CNX):
+        chain.provider.set_balance(account.address, 10**21)
+        if cnx:
+            token.transfer(account, cnx, sender=treasury)
+        return account
+
+    return _fund
+
+
+@pytest.fixture(scope="session")
+def fresh_accounts(accounts, fund, token, registry):
+    """16 generated accounts, funded and approving the registry (for larger node sets)."""
+    out = []
+    for _ in range(16):
+        a = fund(accounts.generate_test_account())
+        token.approve(registry, 2**256 - 1, sender=a)
+        out.append(a)
+    return out
+
+
+def recorder(chain, address: str) -> str:
+    chain.provider.set_code(address, RECORDER_CODE)
+    return address
+
+
+def hook_calls(tx, address: str) -> list[bytes]:
+    """Call data of every hook call that reached the recorder at `address` in `tx`."""
+    out = []
+    for log in tx.logs:
+        if log["address"].lower() == address.lower() and not log["topics"]:
+            data = log["data"]
+            out.append(bytes.fromhex(data[2:]) if isinstance(data, str) else bytes(data))
+    return out
+
+
+def busy(registry, market, node):
+    """Lock a given Available node as the market would."""
+    registry.lock(node, sender=market)
+
+
+def run_task(registry, market, node, score: int = 10, settled: bool = True):
+    """lock + release: one whole task on `node`."""
+    registry.lock(node, sender=market)
+    return registry.release(node, score, settled, sender=market)
+
+
+@contextmanager
+def isolated(chain):
+    """Snapshot, run, restore. (Ape's chain.isolate() swallows every exception raised inside
+    it, so an assertion failing inside it would pass silently.)"""
+    snapshot = chain.snapshot()
+    try:
+        yield
+    finally:
+        chain.restore(snapshot)

@@ -1,0 +1,1 @@
+"""Tests of the shared crynux_common code (pure Python, no chain)."""

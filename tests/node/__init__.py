@@ -1,0 +1,1 @@
+"""Tests of the node client (inference side: tiny seeded models, no chain)."""

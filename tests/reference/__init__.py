@@ -1,0 +1,1 @@
+"""Python reference implementations of on-chain formulas (checked against the contracts)."""
