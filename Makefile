@@ -48,7 +48,7 @@ bench: setup
 	$(PY) scripts/bench_summary.py
 
 lock:
-	$(PY) -m pip freeze | grep -v '^-e' | sed '1i # Exact set installed by make (pip install -r requirements.lock). Regenerate: make lock' > requirements.lock
+	$(PY) -m pip freeze --exclude-editable | sed '1i # Exact set installed by make (pip install -r requirements.lock). Regenerate: make lock' > requirements.lock
 
 clean:
 	rm -rf .build $(VENV) node_modules demo-output

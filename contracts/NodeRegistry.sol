@@ -203,8 +203,8 @@ contract NodeRegistry is INodeRegistryFull, AccessControl {
             n.status = NodeStatus.Paused;
             _counts[2] -= 1;
             _counts[4] += 1;
-            _setWeight(msg.sender, 0);
             emit NodeStatusChanged(msg.sender, NodeStatus.Paused);
+            _setWeight(msg.sender, 0);
         } else if (st == NodeStatus.Busy) {
             n.status = NodeStatus.PendingPause;
             _counts[3] += 1;
@@ -224,8 +224,8 @@ contract NodeRegistry is INodeRegistryFull, AccessControl {
             _insertAvailable(msg.sender, n, false);
             _counts[2] += 1;
             _counts[4] -= 1;
-            _setWeight(msg.sender, NodeSelection.levelOf(n.qos));
             emit NodeStatusChanged(msg.sender, NodeStatus.Available);
+            _setWeight(msg.sender, NodeSelection.levelOf(n.qos));
             _notifyMarket(msg.sender);
         } else if (st == NodeStatus.PendingPause) {
             n.status = NodeStatus.Busy;
@@ -242,17 +242,14 @@ contract NodeRegistry is INodeRegistryFull, AccessControl {
         NodeStatus st = n.status;
         if (st == NodeStatus.Available || st == NodeStatus.Paused) {
             if (st == NodeStatus.Available) {
-                _removeAvailable(n, true);
-                _counts[2] -= 1;
-                _setWeight(msg.sender, 0);
+                _removeAvailable(n, false);
             } else {
-                _decGroupNodes(n.groupId);
                 _counts[4] -= 1;
             }
-            n.status = NodeStatus.Quit;
-            _counts[6] += 1;
+            _toQuit(n, st == NodeStatus.Available);
             emit NodeStatusChanged(msg.sender, NodeStatus.Quit);
             if (n.unsettled == 0) _returnStake(msg.sender, n);
+            if (st == NodeStatus.Available) _setWeight(msg.sender, 0);
         } else if (st == NodeStatus.Busy || st == NodeStatus.PendingPause) {
             if (st == NodeStatus.PendingPause) _counts[3] -= 1;
             n.status = NodeStatus.PendingQuit;
@@ -320,18 +317,19 @@ contract NodeRegistry is INodeRegistryFull, AccessControl {
         if (qos < _hot.kickQos && tasks >= _params.minTasksForKick) {
             if (st == NodeStatus.PendingPause) _counts[3] -= 1;
             else if (st == NodeStatus.PendingQuit) _counts[5] -= 1;
-            _toQuit(node, n);
+            _toQuit(n, true);
             emit NodeReleased(node, taskScore, qos, NodeStatus.Quit);
             emit NodeKickedOut(node, qos, tasks);
             if (n.unsettled == 0) _returnStake(node, n);
+            _setWeight(node, 0);
             return false;
         }
         if (st == NodeStatus.Busy) {
             n.status = NodeStatus.Available;
             _insertAvailable(node, n, false);
+            emit NodeReleased(node, taskScore, qos, NodeStatus.Available);
             uint256 level = NodeSelection.levelOf(qos);
             if (level != NodeSelection.levelOf(oldQos)) _setWeight(node, level);
-            emit NodeReleased(node, taskScore, qos, NodeStatus.Available);
             return true;
         }
         if (st == NodeStatus.PendingPause) {
@@ -339,15 +337,16 @@ contract NodeRegistry is INodeRegistryFull, AccessControl {
             _counts[2] -= 1;
             _counts[3] -= 1;
             _counts[4] += 1;
-            _setWeight(node, 0);
             emit NodeReleased(node, taskScore, qos, NodeStatus.Paused);
+            _setWeight(node, 0);
             return false;
         }
         // PendingQuit
         _counts[5] -= 1;
-        _toQuit(node, n);
+        _toQuit(n, true);
         emit NodeReleased(node, taskScore, qos, NodeStatus.Quit);
         if (n.unsettled == 0) _returnStake(node, n);
+        _setWeight(node, 0);
         return false;
     }
 
@@ -383,9 +382,8 @@ contract NodeRegistry is INodeRegistryFull, AccessControl {
                 _counts[5] -= 1;
             } else if (st == NodeStatus.Paused) {
                 _counts[4] -= 1;
-                _counts[2] += 1; // _toQuit takes it off the online count
             }
-            _toQuit(node, n);
+            _toQuit(n, st != NodeStatus.Paused);
             emit NodeStatusChanged(node, NodeStatus.Quit);
         }
         emit NodeSlashed(node, amount, toAuditPool, toTreasury);
@@ -394,6 +392,7 @@ contract NodeRegistry is INodeRegistryFull, AccessControl {
         if (u == 1) _returnStake(node, n);
         if (toAuditPool != 0) token.safeTransfer(msg.sender, toAuditPool);
         if (toTreasury != 0) token.safeTransfer(_treasury, toTreasury);
+        if (st != NodeStatus.Quit && st != NodeStatus.Paused) _setWeight(node, 0);
     }
 
     // ============================================================== views
@@ -700,14 +699,14 @@ contract NodeRegistry is INodeRegistryFull, AccessControl {
         emit NodeStatusChanged(node, NodeStatus.Busy);
     }
 
-    /// @dev A node not Available (Busy, pending, Paused) leaves for Quit: off the online count
-    ///      (callers fix the pending/paused counters), off its group, weight 0.
-    function _toQuit(address node, Node storage n) private {
+    /// @dev A node already out of its Available set leaves for Quit: off its group and, when
+    ///      it was `online`, off the online count (callers fix the pending/paused counters and
+    ///      then set its mining weight to 0, last, after every state change).
+    function _toQuit(Node storage n, bool online) private {
         n.status = NodeStatus.Quit;
         _decGroupNodes(n.groupId);
-        _counts[2] -= 1;
+        if (online) _counts[2] -= 1;
         _counts[6] += 1;
-        _setWeight(node, 0);
     }
 
     function _returnStake(address node, Node storage n) private {

@@ -11,6 +11,7 @@ from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from crynux_common import scores
+from crynux_common.enums import TaskStatus
 from crynux_common.schemas import TaskType
 
 from ..chain import ChainUnavailable
@@ -32,6 +33,8 @@ from .results_check import check_result_files, parse_multipart, safe_name
 from .schemas import Attestation, Delivered, ResultFileInfo, ResultManifest
 
 log = logging.getLogger(__name__)
+
+FINAL_STATUSES = frozenset(int(st) for st in TaskStatus if st.is_final)
 
 router = APIRouter()
 
@@ -84,6 +87,9 @@ async def post_results(request: Request, task_id: TaskId, signed: ResultsUpload)
             raise forbidden(f"{signer.address} is not the executor of task {task_id}")
         if await run_in_threadpool(c.store.repo.get_delivery, task_id) is not None:
             raise conflict("already_delivered", f"task {task_id} has been delivered")
+        if task.status in FINAL_STATUSES:
+            raise conflict("task_closed", f"task {task_id} is closed ({TaskStatus(task.status).name}): "
+                                          "it takes no delivery")
         fields, uploads = await parse_multipart(request, body, c)
         if "score" not in fields or "salt" not in fields:
             raise bad_request("bad_field", "the fields 'score' and 'salt' are required")

@@ -115,6 +115,12 @@ class Network:
     def executor(self, task_id: int) -> Any:
         return self.ape_account(self.task(task_id).executor)
 
+    def chain_sleep(self, seconds: int) -> None:
+        """Moves the chain's clock forward (a mined block `seconds` later)."""
+        from ape import chain
+
+        chain.mine(1, timestamp=chain.pending_timestamp + seconds)
+
     def commit(self, task_id: int, node: Any, score: bytes, salt: bytes) -> None:
         self.market.commit(task_id, scores.commitment(task_id, node.address, score, salt), sender=node)
 

@@ -18,6 +18,7 @@ from eth_account import Account
 from eth_utils import keccak
 
 from crynux_common import scores
+from crynux_common.enums import TaskStatus
 from crynux_common.schemas import TaskType, canonical_json
 from crynux_common.signing import sign_request
 from relay_client.client import (
@@ -89,7 +90,7 @@ def test_imageTask_argsResultsAndAttestation(network: Network, relay_proc: Relay
     assert delivered.attestation.state == "mined" and delivered.attestation.tx_hash
     assert delivered.score == "0x" + score.hex() and [f.size for f in delivered.files] == [len(f.data) for f in files]
     after = network.task(task_id)
-    assert after.delivered and after.status == 6  # Success
+    assert after.delivered and after.status == TaskStatus.SUCCESS
 
     manifest = creator.get_results(task_id)
     assert manifest.attest_tx == delivered.attestation.tx_hash and manifest.node.lower() == executor.address.lower()
@@ -505,3 +506,16 @@ def test_relayWithoutRole_storesThenAttestsOnceGranted(network: Network, account
                 time.sleep(0.2)
     finally:
         relay.stop()
+
+
+def test_deliveryForAClosedTask_isConflict(network: Network, relay_proc: RelayProcess):
+    """A task that has timed out (refunded) takes no delivery: nothing is stored."""
+    c = committed_image_task(network, relay_proc, 1)
+    task = network.task(c.task_id)
+    network.chain_sleep(int(task.deadline) - int(task.startTime) + 5)
+    network.market.timeout(c.task_id, sender=network.other_app)
+    assert network.task(c.task_id).status == TaskStatus.REFUNDED
+    before = snapshot(network, relay_proc, [c.task_id])
+    response = post_results(relay_proc, network, c)
+    assert response.status_code == 409 and response.json()["error"] == "task_closed"
+    assert snapshot(network, relay_proc, [c.task_id]) == before
