@@ -84,10 +84,6 @@ def cmd_join(cfg: NodeConfig, args: argparse.Namespace) -> int:
 
     from node_client.models import ModelRegistry
 
-    chain = _connect(cfg)
-    status = chain.node_status()
-    if status not in (NodeStatus.NONE, NodeStatus.QUIT):
-        raise UsageError(f"node {chain.address} is already joined (status {status.name})")
     if cfg.gpu is not None:
         gpu_name, vram = cfg.gpu.name, cfg.gpu.vram_gb
         log.info("declaring the configured hardware: %s, %d GB", gpu_name, vram)
@@ -99,6 +95,10 @@ def cmd_join(cfg: NodeConfig, args: argparse.Namespace) -> int:
         if vram == 0:
             raise UsageError("no CUDA GPU detected: set `gpu: {name: ..., vram_gb: ...}` in the configuration "
                              "to declare this machine (VRAM must be at least 1 GB on-chain)")
+    chain = _connect(cfg)
+    status = chain.node_status()
+    if status not in (NodeStatus.NONE, NodeStatus.QUIT):
+        raise UsageError(f"node {chain.address} is already joined (status {status.name})")
     registry = ModelRegistry(cfg.registry_settings())
     held = registry.held_model_ids()
     max_models = int(chain.registry_params()["max_models"])

@@ -397,18 +397,18 @@ class Worker:
             return
         if self.engine.busy_with is not None:
             return  # another task computes; this one waits (cannot happen with one task per node)
+        fetched = self._fetched.get(tid)
+        if fetched is None:  # fetched while the engine may still be starting
+            fetched = self._fetch(entry, task)
+            if fetched is None:
+                return  # an error result was produced without the engine
+            self._fetched[tid] = fetched
         try:
             if not self.engine.ready():
                 return  # still starting: woken when it is ready
         except EngineDied as exc:
             self._engine_start_failed(exc)
             return
-        fetched = self._fetched.get(tid)
-        if fetched is None:
-            fetched = self._fetch(entry, task)
-            if fetched is None:
-                return  # an error result was produced without the engine
-            self._fetched[tid] = fetched
         self.engine.submit(fetched.request)
         fetched.started = time.monotonic()
         log.info("task %d [%s]: computing (%s, attempt %d)", tid, entry.role.value,

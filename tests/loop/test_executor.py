@@ -152,6 +152,11 @@ def test_sigterm_finishesCurrentTask_pausesAndExits_thenResumesOnRestart(net: Ne
     wait_for(lambda: NodeStatus(int(net.registry.statusOf(node.address))) == NodeStatus.AVAILABLE,
              TIMEOUT, "the restarted node to resume", [node])
     assert node.cli("status") == 0
+    from node_client.cli import status_data
+    from node_client.config import load_config
+
+    status = status_data(load_config(node.config_path))
+    assert status["status"] == "AVAILABLE" and status["journal"]["stages"].get("done", 0) >= 1
 
     # Operator commands: pause (kept across a restart), quit (stake back), withdraw (earnings).
     assert node.terminate(timeout=TIMEOUT) == 0

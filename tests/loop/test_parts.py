@@ -128,3 +128,22 @@ def test_cheat_isTestOnly_andChangesOnlyTheSeed() -> None:
     assert json.loads(_cheat(args, "wrong_image")) == {"task_config": {"seed": 6, "steps": 2}, "prompt": "x"}
     text = json.dumps({"seed": 1, "messages": []}).encode()
     assert json.loads(_cheat(text, "wrong_image"))["seed"] == 2
+
+
+def test_cli_join_onACpuOnlyMachine_withoutGpuOverride_isRefused(tmp_path: Path, caplog) -> None:
+    from node_client import cli
+
+    cfg = tmp_path / "node.yaml"
+    cfg.write_text("device: cpu\n")  # no `gpu:` override, no key needed to refuse
+    with caplog.at_level(logging.ERROR):
+        assert cli.main(["--config", str(cfg), "join"]) == 2
+    assert "no CUDA GPU detected" in caplog.text
+
+
+def test_cli_badConfiguration_exitsWith2(tmp_path: Path, capsys) -> None:
+    from node_client import cli
+
+    cfg = tmp_path / "node.yaml"
+    cfg.write_text("poll_interval: -1\n")
+    assert cli.main(["--config", str(cfg), "status"]) == 2
+    assert "poll_interval" in capsys.readouterr().err
