@@ -43,7 +43,7 @@ bench: setup
 	ape run bench_gas
 	ape run bench_emission
 	$(PY) scripts/bench_node.py
-	$(PY) scripts/bench_relay.py
+	ape run bench_relay
 	ape run bench_e2e
 	$(PY) scripts/bench_summary.py
 
