@@ -37,11 +37,18 @@ lint: setup
 demo: setup
 	ape run demo
 
+# Every benchmark script, then one table of all their numbers (bench/*.json).
 bench: setup
-	ape run bench
+	ape run bench_registry
+	ape run bench_gas
+	ape run bench_emission
+	$(PY) scripts/bench_node.py
+	$(PY) scripts/bench_relay.py
+	ape run bench_e2e
+	$(PY) scripts/bench_summary.py
 
 lock:
-	$(PY) -m pip freeze | grep -v '^-e' | sed '1i # Exact set installed by make (pip install -r requirements.lock). Regenerate: make lock' > requirements.lock
+	$(PY) -m pip freeze --exclude-editable | sed '1i # Exact set installed by make (pip install -r requirements.lock). Regenerate: make lock' > requirements.lock
 
 clean:
 	rm -rf .build $(VENV) node_modules demo-output

@@ -19,21 +19,25 @@ import {NodeSelection} from "./libraries/NodeSelection.sol";
 ///      (hardware group, QoS level); a group is a (gpu, vram) pair and the level, the node's
 ///      QoS rounded to 0..10, is its weight. Each set is a map index -> address plus the set
 ///      size in the group's packed word, with O(1) swap-remove; slots of removed members are
-///      left dirty so re-adding writes nonzero -> nonzero. A draw reads one word per candidate
-///      group (one group when the task names a GPU, else every group with enough VRAM), picks
-///      (group, level) with probability count x level / total and a uniform member inside it.
-///      Limits: gas is independent of the number of nodes but linear in the number of
-///      candidate groups (one cold SLOAD each, bounded by maxGroups <= 255); weights are QoS
-///      rounded to an integer (up to +-0.5 of the QoS); at most 2^20 - 1 Available nodes per
-///      (group, level).
+///      left dirty so re-adding writes nonzero -> nonzero. A directory packs (vram, total
+///      weight) of 5 groups per word. A draw reads the directory (a task naming a GPU reads its
+///      one group's lane), picks a group with probability weight / total, then reads that
+///      group's word, picks a level with probability count x level / group weight and a
+///      uniform member of that level's set. lock/release touch one set, the group word and
+///      one directory word: O(1).
+///      Limits: gas does not depend on the number of nodes; a draw over any GPU reads one word
+///      per 5 hardware groups (groups are capped by maxGroups, default 32, at most 255), plus
+///      ~450 gas of arithmetic per group; weights are QoS rounded to an integer (up to +-0.5 of
+///      the QoS); at most 2^20 - 1 Available nodes per (group, level).
 ///      Model locality (weight x2 for holders of req.localModel) is drawn by rejection: a
 ///      non-holder is kept with probability 1/2, a holder always, which is exact for weights
 ///      w(1 + holds). Each try is accepted with probability >= 1/2, so we stop after
 ///      MAX_TRIES: the distribution is then off by at most 2^-MAX_TRIES, and lock/release never
 ///      touch per-model structures (a node may hold many models). A node whose client version
-///      no longer meets the rule (governance raised it) is rejected the same way.
-///      Excluded nodes are taken out exactly: their level count is reduced in memory and their
-///      index skipped in their set.
+///      no longer meets the rule (governance raised it) is rejected the same way; if every try
+///      meets such nodes the draw returns address(0) (the task waits in the market's queue).
+///      Excluded nodes are taken out exactly: their weight is taken off their group in memory
+///      and their index skipped in their set.
 contract NodeRegistry is INodeRegistryFull, AccessControl {
     using SafeERC20 for IERC20;
     using NodeSelection for uint256;
@@ -61,9 +65,20 @@ contract NodeRegistry is INodeRegistryFull, AccessControl {
     /// @notice The CNX token staked.
     IERC20 public immutable token;
 
-    // Hot slot: read by every market call.
-    address private _market;
-    uint8 private _numGroups;
+    /// @dev The hot slot, read by every market call: the market, the number of hardware groups
+    ///      and copies of the parameters that lockRandom and release use (setParams keeps them
+    ///      in step with _params), so the task path reads one slot for all of them.
+    struct Hot {
+        address market;
+        uint8 numGroups;
+        uint16 versionMajor;
+        uint16 minMinor;
+        uint16 minPatch;
+        uint16 qosWindow;
+        uint24 kickQos;
+    }
+
+    Hot private _hot;
 
     Params private _params;
     address private _treasury;
@@ -77,6 +92,8 @@ contract NodeRegistry is INodeRegistryFull, AccessControl {
     mapping(address node => Node) private _nodes;
     /// @dev Group words, index = group id (1..255); see NodeSelection.
     uint256[256] private _groupWords;
+    /// @dev (VRAM, total weight) of 5 groups per word; see NodeSelection.lane.
+    uint256[52] private _directory;
     bytes32[256] private _groupGpu;
     mapping(bytes32 hwKey => uint8 groupId) private _groupIds;
     /// @dev Members of the (group, level) sets, key = NodeSelection.memberKey.
@@ -86,7 +103,7 @@ contract NodeRegistry is INodeRegistryFull, AccessControl {
     mapping(address node => mapping(bytes32 model => uint256 indexPlusOne)) private _modelPos;
 
     modifier onlyMarket() {
-        if (msg.sender != _market) revert NotMarket(msg.sender);
+        if (msg.sender != _hot.market) revert NotMarket(msg.sender);
         _;
     }
 
@@ -110,8 +127,7 @@ contract NodeRegistry is INodeRegistryFull, AccessControl {
             maxGroups: 32,
             maxModels: 64
         });
-        _params = p;
-        emit ParamsChanged(p);
+        _setParams(p);
         emit TreasuryChanged(address(0), treasury_);
     }
 
@@ -187,8 +203,8 @@ contract NodeRegistry is INodeRegistryFull, AccessControl {
             n.status = NodeStatus.Paused;
             _counts[2] -= 1;
             _counts[4] += 1;
-            _setWeight(msg.sender, 0);
             emit NodeStatusChanged(msg.sender, NodeStatus.Paused);
+            _setWeight(msg.sender, 0);
         } else if (st == NodeStatus.Busy) {
             n.status = NodeStatus.PendingPause;
             _counts[3] += 1;
@@ -208,8 +224,8 @@ contract NodeRegistry is INodeRegistryFull, AccessControl {
             _insertAvailable(msg.sender, n, false);
             _counts[2] += 1;
             _counts[4] -= 1;
-            _setWeight(msg.sender, NodeSelection.levelOf(n.qos));
             emit NodeStatusChanged(msg.sender, NodeStatus.Available);
+            _setWeight(msg.sender, NodeSelection.levelOf(n.qos));
             _notifyMarket(msg.sender);
         } else if (st == NodeStatus.PendingPause) {
             n.status = NodeStatus.Busy;
@@ -226,17 +242,14 @@ contract NodeRegistry is INodeRegistryFull, AccessControl {
         NodeStatus st = n.status;
         if (st == NodeStatus.Available || st == NodeStatus.Paused) {
             if (st == NodeStatus.Available) {
-                _removeAvailable(n, true);
-                _counts[2] -= 1;
-                _setWeight(msg.sender, 0);
+                _removeAvailable(n, false);
             } else {
-                _decGroupNodes(n.groupId);
                 _counts[4] -= 1;
             }
-            n.status = NodeStatus.Quit;
-            _counts[6] += 1;
+            _toQuit(n, st == NodeStatus.Available);
             emit NodeStatusChanged(msg.sender, NodeStatus.Quit);
             if (n.unsettled == 0) _returnStake(msg.sender, n);
+            if (st == NodeStatus.Available) _setWeight(msg.sender, 0);
         } else if (st == NodeStatus.Busy || st == NodeStatus.PendingPause) {
             if (st == NodeStatus.PendingPause) _counts[3] -= 1;
             n.status = NodeStatus.PendingQuit;
@@ -289,30 +302,34 @@ contract NodeRegistry is INodeRegistryFull, AccessControl {
             if (n.unsettled == 0) revert NoUnsettledTask(node);
             n.unsettled -= 1;
         }
-        Params memory p = _params;
         uint256 oldQos = n.qos;
-        // EMA with alpha = 1 / qosWindow, in fixed point (1e6 = 1.0); stays within [0, 10e6].
-        uint256 qos = (oldQos * (p.qosWindow - 1) + uint256(taskScore) * NodeSelection.QOS_ONE) / p.qosWindow;
+        uint256 qos;
+        {
+            // EMA with alpha = 1 / qosWindow, in fixed point (1e6 = 1.0); stays within [0, 10e6].
+            uint256 window = _hot.qosWindow;
+            qos = (oldQos * (window - 1) + uint256(taskScore) * NodeSelection.QOS_ONE) / window;
+        }
         uint256 tasks = n.taskCount;
         if (tasks < type(uint24).max) ++tasks;
         n.qos = uint24(qos);
         n.taskCount = uint24(tasks);
 
-        if (tasks >= p.minTasksForKick && qos < p.kickQos) {
+        if (qos < _hot.kickQos && tasks >= _params.minTasksForKick) {
             if (st == NodeStatus.PendingPause) _counts[3] -= 1;
             else if (st == NodeStatus.PendingQuit) _counts[5] -= 1;
-            _toQuit(node, n);
+            _toQuit(n, true);
             emit NodeReleased(node, taskScore, qos, NodeStatus.Quit);
             emit NodeKickedOut(node, qos, tasks);
             if (n.unsettled == 0) _returnStake(node, n);
+            _setWeight(node, 0);
             return false;
         }
         if (st == NodeStatus.Busy) {
             n.status = NodeStatus.Available;
             _insertAvailable(node, n, false);
+            emit NodeReleased(node, taskScore, qos, NodeStatus.Available);
             uint256 level = NodeSelection.levelOf(qos);
             if (level != NodeSelection.levelOf(oldQos)) _setWeight(node, level);
-            emit NodeReleased(node, taskScore, qos, NodeStatus.Available);
             return true;
         }
         if (st == NodeStatus.PendingPause) {
@@ -320,15 +337,16 @@ contract NodeRegistry is INodeRegistryFull, AccessControl {
             _counts[2] -= 1;
             _counts[3] -= 1;
             _counts[4] += 1;
-            _setWeight(node, 0);
             emit NodeReleased(node, taskScore, qos, NodeStatus.Paused);
+            _setWeight(node, 0);
             return false;
         }
         // PendingQuit
         _counts[5] -= 1;
-        _toQuit(node, n);
+        _toQuit(n, true);
         emit NodeReleased(node, taskScore, qos, NodeStatus.Quit);
         if (n.unsettled == 0) _returnStake(node, n);
+        _setWeight(node, 0);
         return false;
     }
 
@@ -364,9 +382,8 @@ contract NodeRegistry is INodeRegistryFull, AccessControl {
                 _counts[5] -= 1;
             } else if (st == NodeStatus.Paused) {
                 _counts[4] -= 1;
-                _counts[2] += 1; // _toQuit takes it off the online count
             }
-            _toQuit(node, n);
+            _toQuit(n, st != NodeStatus.Paused);
             emit NodeStatusChanged(node, NodeStatus.Quit);
         }
         emit NodeSlashed(node, amount, toAuditPool, toTreasury);
@@ -375,6 +392,7 @@ contract NodeRegistry is INodeRegistryFull, AccessControl {
         if (u == 1) _returnStake(node, n);
         if (toAuditPool != 0) token.safeTransfer(msg.sender, toAuditPool);
         if (toTreasury != 0) token.safeTransfer(_treasury, toTreasury);
+        if (st != NodeStatus.Quit && st != NodeStatus.Paused) _setWeight(node, 0);
     }
 
     // ============================================================== views
@@ -449,7 +467,7 @@ contract NodeRegistry is INodeRegistryFull, AccessControl {
     /// @inheritdoc INodeRegistryFull
     function countsByStatus() external view returns (uint256[7] memory c) {
         uint256 available;
-        uint256 groups = _numGroups;
+        uint256 groups = _hot.numGroups;
         for (uint256 g = 1; g <= groups; ++g) {
             available += _groupWords[g].available();
         }
@@ -473,7 +491,7 @@ contract NodeRegistry is INodeRegistryFull, AccessControl {
         view
         returns (bytes32[] memory gpus, uint16[] memory vrams, uint256[] memory nodes, uint256[] memory available)
     {
-        uint256 groups = _numGroups;
+        uint256 groups = _hot.numGroups;
         gpus = new bytes32[](groups);
         vrams = new uint16[](groups);
         nodes = new uint256[](groups);
@@ -494,7 +512,7 @@ contract NodeRegistry is INodeRegistryFull, AccessControl {
 
     /// @notice The task market (the only caller of the market functions).
     function market() external view returns (address) {
-        return _market;
+        return _hot.market;
     }
 
     /// @notice The node-mining hook (0 = off).
@@ -515,15 +533,14 @@ contract NodeRegistry is INodeRegistryFull, AccessControl {
         if (p.slashBps > _BPS) revert InvalidSlashBps(p.slashBps);
         if (p.qosWindow == 0) revert InvalidQosWindow(p.qosWindow);
         if (p.kickQos > NodeSelection.MAX_QOS) revert InvalidKickQos(p.kickQos);
-        if (p.maxGroups < _numGroups) revert InvalidMaxGroups(p.maxGroups, _numGroups);
-        _params = p;
-        emit ParamsChanged(p);
+        if (p.maxGroups < _hot.numGroups) revert InvalidMaxGroups(p.maxGroups, _hot.numGroups);
+        _setParams(p);
     }
 
     /// @inheritdoc INodeRegistryFull
     function setMarket(address newMarket) external onlyRole(DEFAULT_ADMIN_ROLE) {
-        emit MarketChanged(_market, newMarket);
-        _market = newMarket;
+        emit MarketChanged(_hot.market, newMarket);
+        _hot.market = newMarket;
     }
 
     /// @inheritdoc INodeRegistryFull
@@ -540,6 +557,14 @@ contract NodeRegistry is INodeRegistryFull, AccessControl {
     }
 
     // ============================================================== internals
+
+    function _setParams(Params memory p) private {
+        _params = p;
+        Hot storage hot = _hot;
+        (hot.versionMajor, hot.minMinor, hot.minPatch) = (p.versionMajor, p.minMinor, p.minPatch);
+        (hot.qosWindow, hot.kickQos) = (p.qosWindow, p.kickQos);
+        emit ParamsChanged(p);
+    }
 
     function _join(
         uint256 stake,
@@ -611,12 +636,14 @@ contract NodeRegistry is INodeRegistryFull, AccessControl {
         bytes32 key = keccak256(abi.encode(gpu, vram));
         gid = _groupIds[key];
         if (gid == 0) {
-            gid = uint256(_numGroups) + 1;
+            gid = uint256(_hot.numGroups) + 1;
             if (gid > maxGroups) revert TooManyHardwareGroups(maxGroups);
-            _numGroups = uint8(gid);
+            _hot.numGroups = uint8(gid);
             _groupIds[key] = uint8(gid);
             _groupGpu[gid] = gpu;
             _groupWords[gid] = NodeSelection.newWord(vram);
+            (uint256 slot, uint256 shift) = NodeSelection.lane(gid);
+            _directory[slot] |= uint256(vram) << shift;
             emit HardwareGroupCreated(gid, gpu, gpuName, vram);
         }
     }
@@ -633,6 +660,10 @@ contract NodeRegistry is INodeRegistryFull, AccessControl {
         word = word.bump(level, true);
         if (newMember) word = word.bumpNodes(true);
         _groupWords[gid] = word;
+        if (level != 0) {
+            (uint256 slot, uint256 shift) = NodeSelection.lane(gid);
+            _directory[slot] = _directory[slot].laneBump(shift, level, true);
+        }
     }
 
     /// @dev Swap-removes an Available node from its (group, level) set. The vacated last slot
@@ -651,6 +682,10 @@ contract NodeRegistry is INodeRegistryFull, AccessControl {
         word = word.bump(level, false);
         if (leaving) word = word.bumpNodes(false);
         _groupWords[gid] = word;
+        if (level != 0) {
+            (uint256 slot, uint256 shift) = NodeSelection.lane(gid);
+            _directory[slot] = _directory[slot].laneBump(shift, level, false);
+        }
     }
 
     function _decGroupNodes(uint256 gid) private {
@@ -664,14 +699,14 @@ contract NodeRegistry is INodeRegistryFull, AccessControl {
         emit NodeStatusChanged(node, NodeStatus.Busy);
     }
 
-    /// @dev A node not Available (Busy, pending, Paused) leaves for Quit: off the online count
-    ///      (callers fix the pending/paused counters), off its group, weight 0.
-    function _toQuit(address node, Node storage n) private {
+    /// @dev A node already out of its Available set leaves for Quit: off its group and, when
+    ///      it was `online`, off the online count (callers fix the pending/paused counters and
+    ///      then set its mining weight to 0, last, after every state change).
+    function _toQuit(Node storage n, bool online) private {
         n.status = NodeStatus.Quit;
         _decGroupNodes(n.groupId);
-        _counts[2] -= 1;
+        if (online) _counts[2] -= 1;
         _counts[6] += 1;
-        _setWeight(node, 0);
     }
 
     function _returnStake(address node, Node storage n) private {
@@ -688,7 +723,7 @@ contract NodeRegistry is INodeRegistryFull, AccessControl {
     }
 
     function _notifyMarket(address node) private {
-        address m = _market;
+        address m = _hot.market;
         if (m.code.length != 0) INodeAvailableHook(m).onNodeAvailable(node);
     }
 
@@ -708,10 +743,10 @@ contract NodeRegistry is INodeRegistryFull, AccessControl {
         }
     }
 
-    /// @dev The candidates of one draw, in memory.
+    /// @dev The candidate groups of one draw, in memory. A skip is an excluded Available node
+    ///      in a candidate group: (groupId << 64 | level << 32 | pos) + 1, or 0.
     struct Draw {
         uint256[] gids;
-        uint256[] words;
         uint256[] weights;
         uint256 n;
         uint256 total;
@@ -729,60 +764,98 @@ contract NodeRegistry is INodeRegistryFull, AccessControl {
         if (req.gpu != 0) {
             uint256 gid = _groupIds[keccak256(abi.encode(req.gpu, req.minVram))];
             if (gid == 0) return address(0);
+            (uint256 slot, uint256 shift) = NodeSelection.lane(gid);
             d.gids = new uint256[](1);
-            d.words = new uint256[](1);
+            d.weights = new uint256[](1);
             d.gids[0] = gid;
-            d.words[0] = _groupWords[gid];
+            d.weights[0] = _directory[slot].laneWeight(shift);
             d.n = 1;
         } else {
-            uint256 groups = _numGroups;
+            uint256 groups = _hot.numGroups;
             d.gids = new uint256[](groups);
-            d.words = new uint256[](groups);
-            uint256 n;
-            for (uint256 g = 1; g <= groups; ++g) {
-                uint256 w = _groupWords[g];
-                if (w.vram() >= req.minVram) {
-                    d.gids[n] = g;
-                    d.words[n] = w;
-                    ++n;
-                }
-            }
-            d.n = n;
+            d.weights = new uint256[](groups);
+            d.n = _scan(d.gids, d.weights, groups, req.minVram);
         }
 
-        // Exclusions: take each excluded Available node out of its level count (in memory) and
-        // remember its index to skip it: skip = (candidate index, level, pos) packed, plus 1.
+        // Exclusions: take each excluded Available node's weight off its group (in memory) and
+        // remember where it sits so that the draw skips it.
         if (excludeA != address(0)) d.skipA = _exclude(excludeA, d);
         if (excludeB != address(0) && excludeB != excludeA) d.skipB = _exclude(excludeB, d);
         if (d.skipA != 0 && d.skipB != 0 && _skipPos(d.skipB) < _skipPos(d.skipA)) {
             (d.skipA, d.skipB) = (d.skipB, d.skipA);
         }
 
-        d.weights = new uint256[](d.n);
         uint256 total;
         for (uint256 i; i < d.n; ++i) {
-            uint256 w = d.words[i].weight();
-            d.weights[i] = w;
-            total += w;
+            total += d.weights[i];
         }
         if (total == 0) return address(0);
         d.total = total;
         return _draw(d, seed, req.localModel);
     }
 
+    /// @dev Reads the directory: every group with weight and enough VRAM is a candidate.
+    function _scan(uint256[] memory gids, uint256[] memory weights, uint256 groups, uint256 minVram)
+        private
+        view
+        returns (uint256 n)
+    {
+        uint256 slots = (groups + NodeSelection.LANES - 1) / NodeSelection.LANES;
+        for (uint256 slot; slot < slots; ++slot) {
+            uint256 dir = _directory[slot];
+            unchecked {
+                uint256 gid = slot * NodeSelection.LANES;
+                uint256 end = gid + NodeSelection.LANES;
+                if (end > groups) end = groups;
+                // Lanes are 48 bits: [vram 16 | weight 32]; shift the word down lane by lane.
+                for (++gid; gid <= end; ++gid) {
+                    uint256 w = (dir >> 16) & 0xffffffff;
+                    if (w != 0 && (dir & 0xffff) >= minVram) {
+                        assembly ("memory-safe") {
+                            let off := mul(add(n, 1), 0x20)
+                            mstore(add(gids, off), gid)
+                            mstore(add(weights, off), w)
+                        }
+                        ++n;
+                    }
+                    dir >>= NodeSelection.LANE_BITS;
+                }
+            }
+        }
+    }
+
     function _draw(Draw memory d, uint256 seed, bytes32 model) private view returns (address chosen) {
-        Params memory p = _params;
+        Hot storage hot = _hot;
+        // The version rule packed as major << 32 | minor << 16 | patch.
+        uint256 rule = (uint256(hot.versionMajor) << 32) | (uint256(hot.minMinor) << 16) | hot.minPatch;
         for (uint256 t; t < MAX_TRIES; ++t) {
             uint256 r = uint256(keccak256(abi.encode(seed, t)));
-            (uint256 ci, uint256 level, uint256 idx) = NodeSelection.locate(d.words, d.weights, d.n, uint128(r) % d.total);
-            idx = _applySkip(_applySkip(idx, d.skipA, ci, level), d.skipB, ci, level);
-            address cand = _members[NodeSelection.memberKey(d.gids[ci], level, idx)];
+            address cand = _pick(d, uint128(r) % d.total);
             Node storage c = _nodes[cand];
-            if (!_versionOk(c.major, c.minor, c.patch, p)) continue;
+            uint256 v = (uint256(c.major) << 32) | (uint256(c.minor) << 16) | c.patch;
+            if ((v >> 32) != (rule >> 32) || (v & 0xffffffff) < (rule & 0xffffffff)) continue;
             chosen = cand;
             // Locality by rejection: a holder is always kept, a non-holder on a fair coin.
             if (model == 0 || (r >> 128) & 1 == 0 || _modelPos[cand][model] != 0) return cand;
         }
+    }
+
+    /// @dev The member that point `x` in [0, d.total) falls on.
+    function _pick(Draw memory d, uint256 x) private view returns (address) {
+        uint256 ci;
+        uint256[] memory weights = d.weights;
+        unchecked {
+            for (uint256 n = d.n; ci < n; ++ci) {
+                uint256 w = weights[ci];
+                if (x < w) break;
+                x -= w;
+            }
+        }
+        uint256 gid = d.gids[ci];
+        uint256 word = _unskip(_unskip(_groupWords[gid], d.skipA, gid), d.skipB, gid);
+        (uint256 level, uint256 idx) = NodeSelection.locateLevel(word, x);
+        idx = _applySkip(_applySkip(idx, d.skipA, gid, level), d.skipB, gid, level);
+        return _members[NodeSelection.memberKey(gid, level, idx)];
     }
 
     function _exclude(address ex, Draw memory d) private view returns (uint256 skip) {
@@ -792,11 +865,17 @@ contract NodeRegistry is INodeRegistryFull, AccessControl {
         for (uint256 i; i < d.n; ++i) {
             if (d.gids[i] == gid) {
                 uint256 level = NodeSelection.levelOf(e.qos);
-                d.words[i] = d.words[i].bump(level, false);
-                return ((i << 64) | (level << 32) | uint256(e.pos)) + 1;
+                d.weights[i] -= level;
+                return ((gid << 64) | (level << 32) | uint256(e.pos)) + 1;
             }
         }
         return 0;
+    }
+
+    /// @dev The group word without the excluded node `skip` if it belongs to group `gid`.
+    function _unskip(uint256 word, uint256 skip, uint256 gid) private pure returns (uint256) {
+        if (skip == 0 || ((skip - 1) >> 64) != gid) return word;
+        return word.bump(((skip - 1) >> 32) & type(uint32).max, false);
     }
 
     function _skipPos(uint256 skip) private pure returns (uint256) {
@@ -804,10 +883,10 @@ contract NodeRegistry is INodeRegistryFull, AccessControl {
     }
 
     /// @dev Maps an index among the set's non-excluded members to the real index.
-    function _applySkip(uint256 idx, uint256 skip, uint256 ci, uint256 level) private pure returns (uint256) {
+    function _applySkip(uint256 idx, uint256 skip, uint256 gid, uint256 level) private pure returns (uint256) {
         if (skip == 0) return idx;
         uint256 s = skip - 1;
-        if ((s >> 64) == ci && ((s >> 32) & type(uint32).max) == level && idx >= (s & type(uint32).max)) {
+        if ((s >> 64) == gid && ((s >> 32) & type(uint32).max) == level && idx >= (s & type(uint32).max)) {
             return idx + 1;
         }
         return idx;

@@ -6,8 +6,10 @@ pragma solidity 0.8.28;
 ///         QoS level). A hardware group is a (gpu hash, vram) pair; the QoS level is the
 ///         node's QoS rounded to an integer 0..10 and is also its selection weight. One
 ///         storage word per group packs its VRAM, its registered-node count and the sizes of
-///         its 11 level sets, so a draw reads one word per candidate group and picks a
-///         (group, level) with probability count x level / total, then a uniform member.
+///         its 11 level sets; a directory packs (VRAM, total weight) of 5 groups per word. A
+///         draw reads the directory (or, for a named GPU, one lane), picks a group with
+///         probability weight / total, reads that group's word, picks a level with
+///         probability count x level / group weight, then a uniform member.
 ///
 ///         Group word layout (bit offsets):
 ///           [0, 220)   11 counts of 20 bits: Available nodes at level 0..10
@@ -89,23 +91,44 @@ library NodeSelection {
         return (groupId << 32) | (level << 24) | index;
     }
 
-    /// @notice Finds the member that a point `x` in [0, sum of weights) falls on: the
-    ///         candidate `ci`, its level and the index inside the (group, level) set.
-    /// @param words Candidate group words (already adjusted for excluded nodes).
-    /// @param weights weight(words[i]) for each candidate.
-    /// @param n Number of candidates in use.
-    function locate(uint256[] memory words, uint256[] memory weights, uint256 n, uint256 x)
-        internal
-        pure
-        returns (uint256 ci, uint256 level, uint256 index)
-    {
+    // ------------------------------------------------------------- directory
+
+    /// @notice Groups per directory word. A directory lane (48 bits) holds a group's VRAM (low
+    ///         16 bits) and its total weight (sum of level x count, 32 bits), so a draw over
+    ///         any GPU reads one word per 5 groups, then only the chosen group's word.
+    uint256 internal constant LANES = 5;
+    uint256 internal constant LANE_BITS = 48;
+
+    /// @notice Directory word index and bit offset of group `groupId` (1-based).
+    function lane(uint256 groupId) internal pure returns (uint256 slot, uint256 shift) {
         unchecked {
-            for (ci = 0; ci < n; ++ci) {
-                uint256 w = weights[ci];
-                if (x < w) break;
-                x -= w;
-            }
-            uint256 word = words[ci];
+            slot = (groupId - 1) / LANES;
+            shift = ((groupId - 1) % LANES) * LANE_BITS;
+        }
+    }
+
+    /// @notice VRAM of the group in lane `shift` of directory word `dir`.
+    function laneVram(uint256 dir, uint256 shift) internal pure returns (uint256) {
+        return (dir >> shift) & 0xffff;
+    }
+
+    /// @notice Total weight of the group in lane `shift` of directory word `dir`.
+    function laneWeight(uint256 dir, uint256 shift) internal pure returns (uint256) {
+        return (dir >> (shift + 16)) & 0xffffffff;
+    }
+
+    /// @notice `dir` with `level` added to (up) or taken from (!up) the lane's total weight.
+    function laneBump(uint256 dir, uint256 shift, uint256 level, bool up) internal pure returns (uint256) {
+        uint256 delta = level << (shift + 16);
+        return up ? dir + delta : dir - delta;
+    }
+
+    // ------------------------------------------------------------- draw
+
+    /// @notice Finds where a point `x` in [0, weight(word)) falls inside a group: the level
+    ///         and the index in that level's set (each member of level l spans l units).
+    function locateLevel(uint256 word, uint256 x) internal pure returns (uint256 level, uint256 index) {
+        unchecked {
             for (level = 1; level < MAX_LEVEL; ++level) {
                 uint256 lw = ((word >> (level * COUNT_BITS)) & COUNT_MASK) * level;
                 if (x < lw) break;

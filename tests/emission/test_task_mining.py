@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.isolation import isolated
 from tests.emission.conftest import deploy_task_mining, tx_heavy_settings
 from tests.reference.emission import (
     MONTH_SECONDS,
@@ -203,7 +204,7 @@ def test_trailingMonthsWithoutTasks_waitInThePool(market, token, reporter, nodes
 def test_claims_matchReferenceAndNeverExceedBudgets(chain, project, token, owner, reporter, nodes, tasks):
     """Random tasks over the 20-year horizon: every node's claim is its share of the reference
     budget (roll-over included) to 1e-9, and the claims of a month never exceed its budget."""
-    with chain.isolate():
+    with isolated(chain):
         tm = deploy_task_mining(project, token, owner, reporter, chain.pending_timestamp + 100)
         counts: Counter[tuple[int, int]] = Counter()
         offset = 0

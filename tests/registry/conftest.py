@@ -3,13 +3,13 @@ standing in for the task market (it may call lockRandom/lock/release/settle/slas
 node accounts and helpers to join them."""
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
 from eth_utils import keccak
 
 from tests.conftest import CNX
+from tests.isolation import isolated  # noqa: F401  (used by the registry tests)
 
 MIN_STAKE = 400 * CNX
 QOS_ONE = 10**6
@@ -123,12 +123,3 @@ def run_task(registry, market, node, score: int = 10, settled: bool = True):
     return registry.release(node, score, settled, sender=market)
 
 
-@contextmanager
-def isolated(chain):
-    """Snapshot, run, restore. (Ape's chain.isolate() swallows every exception raised inside
-    it, so an assertion failing inside it would pass silently.)"""
-    snapshot = chain.snapshot()
-    try:
-        yield
-    finally:
-        chain.restore(snapshot)

@@ -254,3 +254,32 @@ def _bring(registry, market, join, a, state):
         registry.pause(sender=a)
     elif state == S.PENDING_QUIT:
         registry.quit(sender=a)
+
+
+def test_nodeMiningHook_zeroOnSlashKickAndPendingEnds(registry, owner, nodes, join, market, chain):
+    mining = recorder(chain, "0x" + "ce" * 20)
+    registry.setNodeMining(mining, sender=owner)
+    p = list(registry.params())
+    p[3], p[4] = 1, 1  # minTasksForKick 1, qosWindow 1: a score of 0 kicks at once
+    registry.setParams(p, sender=owner)
+    a, b, c, d = nodes[:4]
+    sig = selector("updateWeight(address,uint256)")
+
+    def calls(tx, node):
+        return [int.from_bytes(x[36:68], "big") for x in hook_calls(tx, mining)
+                if x[:4] == sig and x[16:36] == bytes.fromhex(node.address[2:])]
+
+    for x in (a, b, c, d):
+        join(x)
+    registry.lock(a, sender=market)
+    assert calls(registry.slash(a, sender=market), a) == [0]  # slashed while Busy
+    assert calls(registry.release(a, 10, False, sender=market), a) == []  # already 0
+    registry.lock(b, sender=market)
+    assert calls(registry.release(b, 0, True, sender=market), b) == [0]  # kicked out
+    registry.lock(c, sender=market)
+    registry.pause(sender=c)
+    assert calls(registry.release(c, 10, True, sender=market), c) == [0]  # PendingPause -> Paused
+    registry.lock(d, sender=market)
+    registry.release(d, 10, False, sender=market)
+    registry.pause(sender=d)
+    assert calls(registry.slash(d, sender=market), d) == []  # Paused: weight was 0 already
