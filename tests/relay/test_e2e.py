@@ -203,9 +203,9 @@ def raw_send(relay: RelayProcess, head: str) -> int:
 
 @pytest.fixture(scope="module")
 def pending(network: Network, relay_proc: RelayProcess) -> Committed:
-    """One committed task for the whole table (each case must leave it unchanged); the last
-    test of the module delivers it."""
-    return committed_image_task(network, relay_proc, 2)
+    """One committed task for the whole table (each case must leave it unchanged); a later test
+    delivers it. Ten images: T = 230 s, so its deadline (3 T) leaves room on a slow machine."""
+    return committed_image_task(network, relay_proc, 10)
 
 
 def _case_malformed_json(network, relay, c):
@@ -327,12 +327,12 @@ def _case_unknown_task_results(network, relay, c):
 
 
 def _case_not_png(network, relay, c):
-    files = [ResultUpload("0.png", b"GIF89a" + b"\x00" * 100), c.files[1]]
+    files = [ResultUpload("0.png", b"GIF89a" + b"\x00" * 100), *c.files[1:]]
     return post_results(relay, network, c, files=files)
 
 
 def _case_truncated_png(network, relay, c):
-    files = [ResultUpload("0.png", c.files[0].data[:60]), c.files[1]]
+    files = [ResultUpload("0.png", c.files[0].data[:60]), *c.files[1:]]
     return post_results(relay, network, c, files=files)
 
 
@@ -342,7 +342,7 @@ def _case_wrong_file_count(network, relay, c):
 
 def _case_score_mismatch(network, relay, c):
     """The committed score, but files of another picture."""
-    return post_results(relay, network, c, files=[ResultUpload("0.png", png(999_001)), c.files[1]])
+    return post_results(relay, network, c, files=[ResultUpload("0.png", png(999_001)), *c.files[1:]])
 
 
 def _case_claimed_score_not_files(network, relay, c):
@@ -374,7 +374,7 @@ def _case_garbage_multipart(network, relay, c):
 def _case_result_file_oversize(network, relay, c):
     big = noise_png(7, 2600, 2700)  # > 20 MiB, a real PNG
     assert len(big) > 20 * MiB
-    return post_results(relay, network, c, files=[ResultUpload("0.png", big), c.files[1]])
+    return post_results(relay, network, c, files=[ResultUpload("0.png", big), *c.files[1:]])
 
 
 def _case_task_results_oversize(network, relay, c):
@@ -438,7 +438,7 @@ def test_badRequests_leaveTheTaskDeliverable(network: Network, relay_proc: Relay
     creator = client(relay_proc, network, network.creator)
     assert creator.download_results(pending.task_id) == [f.data for f in pending.files]
     with pytest.raises(RelayNotFound):
-        creator.download_result(pending.task_id, 5)
+        creator.download_result(pending.task_id, len(pending.files))
 
 
 def test_uploadBeforeCommit_isConflict(network: Network, relay_proc: RelayProcess):
