@@ -80,7 +80,6 @@ def _test_crash_point(name: str) -> None:
 class _Fetched:
     """What the loop holds in memory for a task it is computing."""
 
-    args: bytes
     request: EngineRequest
     started: float  # monotonic
 
@@ -453,7 +452,7 @@ class Worker:
         num_images = task.num_images if task.task_type == TaskType.IMAGE else None
         req = EngineRequest(task_id=tid, task_type=task.task_type, args=args, model_ids=model_ids,
                             num_images=num_images)
-        return _Fetched(args=args, request=req, started=time.monotonic())
+        return _Fetched(request=req, started=time.monotonic())
 
     # --- engine replies ---------------------------------------------------------------------
 
