@@ -133,6 +133,7 @@ contract TaskMarket is MarketBase, ITaskMarket, INodeAvailableHook {
         _payExecutor(taskId, executor, t.fee);
         emit TaskSettled(taskId, Outcome.Success);
         _release(executor, score, true);
+        _recordSuccess(executor);
     }
 
     /// @inheritdoc ITaskMarket
@@ -348,7 +349,7 @@ contract TaskMarket is MarketBase, ITaskMarket, INodeAvailableHook {
             address(0),
             address(0)
         );
-        uint256 evicted;
+        uint256 evicted = 0;
         if (node != address(0)) {
             _start(taskId, t, node, info);
         } else {
@@ -434,11 +435,6 @@ contract TaskMarket is MarketBase, ITaskMarket, INodeAvailableHook {
     }
 
     // ================================================================== internals
-
-    /// @dev TaskMarket has no audit code of its own: it asks the module.
-    function _takeAudit(address node, bytes32 gpu, uint16 vram, uint256 head) internal override returns (bool) {
-        return abi.decode(_delegate(abi.encodeCall(IMarketAudits.takeAudit, (node, gpu, vram, head))), (bool));
-    }
 
     /// @dev Runs `data` on the audit module in this contract's storage; bubbles up its revert.
     function _delegate(bytes memory data) private returns (bytes memory result) {

@@ -27,9 +27,6 @@ interface IMarketAudits {
 
     /// @notice The timeouts of a task under audit (ITaskMarket.timeout, Auditing or Disclosing).
     function timeoutAudit(uint256 taskId) external;
-
-    /// @notice Gives `node` a pending audit it may do; true if it took one.
-    function takeAudit(address node, bytes32 gpu, uint16 vram, uint256 head) external returns (bool);
 }
 
 /// @title The audit of drawn tasks: auditor selection, commitments, disclosure, judgement
@@ -110,9 +107,8 @@ contract MarketAudits is MarketBase, IMarketAudits {
         }
         a.disclosed |= uint8(1 << party);
         a.scoreLengths |= uint24(score.length << (8 * party));
-        bytes32[3] storage words = _scores[taskId][party];
         for (uint256 w = 0; w * 32 < score.length; ++w) {
-            words[w] = ScoreMatch.word(score, w);
+            _scores[taskId][party][w] = ScoreMatch.word(score, w);
         }
         emit ScoreDisclosed(taskId, msg.sender, score);
         _advance(taskId, t, a);
@@ -124,7 +120,7 @@ contract MarketAudits is MarketBase, IMarketAudits {
         TaskStatus status = t.status;
         (, uint256 timeoutSecs) = _timing(t.info);
         Audit storage au = _audits[taskId];
-        bool progressed;
+        bool progressed = false;
         if (au.flags & _EXEC_DONE == 0 && block.timestamp > t.startTime + timeoutSecs) {
             au.flags |= _EXEC_DONE;
             emit TaskTimedOut(taskId, t.executor);
@@ -145,31 +141,7 @@ contract MarketAudits is MarketBase, IMarketAudits {
         _advance(taskId, t, au);
     }
 
-    /// @inheritdoc IMarketAudits
-    function takeAudit(address node, bytes32 gpu, uint16 vram, uint256 head) external onlyDelegated returns (bool) {
-        return _takeAudit(node, gpu, vram, head);
-    }
-
     // ================================================================== auditors
-
-    /// @dev Scans up to auditScan pending audits for one the node may take.
-    function _takeAudit(address node, bytes32 gpu, uint16 vram, uint256 id) internal override returns (bool) {
-        uint256 scan = _params.auditScan;
-        uint256 window = _params.auditWindow;
-        for (uint256 k = 0; k < scan && id != 0; ++k) {
-            Audit storage a = _audits[id];
-            if (
-                block.timestamp <= uint256(a.drawTime) + window && _fits(a.gpu, a.minVram, gpu, vram)
-                    && node != _tasks[id].executor && node != a.auditors[0].node
-            ) {
-                registry.lock(node);
-                _addAuditor(id, a, node);
-                return true;
-            }
-            id = a.nextPending;
-        }
-        return false;
-    }
 
     /// @dev Starts the audit of a drawn task: tries to lock two auditors at once, and queues the
     ///      task as a pending audit for what is missing.
@@ -205,33 +177,6 @@ contract MarketAudits is MarketBase, IMarketAudits {
             _counters.auditTail = uint40(taskId);
             emit AuditPending(taskId, 2 - found);
         }
-    }
-
-    function _setAuditor(uint256 taskId, Audit storage a, uint256 i, address node) private {
-        a.auditors[i] = Auditor({node: node, startTime: uint40(block.timestamp), committed: false});
-        _current[node] = taskId;
-        emit AuditorAssigned(taskId, node);
-    }
-
-    /// @dev Adds a pulled auditor to a pending audit; a full audit leaves the pending list.
-    function _addAuditor(uint256 taskId, Audit storage a, address node) private {
-        if (a.auditors[0].node == address(0)) {
-            _setAuditor(taskId, a, 0, node);
-        } else {
-            _setAuditor(taskId, a, 1, node);
-            _unlinkPending(a);
-            a.flags &= ~_SEARCHING;
-        }
-    }
-
-    function _unlinkPending(Audit storage a) private {
-        uint40 prev = a.prevPending;
-        uint40 next = a.nextPending;
-        if (prev == 0) _counters.auditHead = next;
-        else _audits[prev].nextPending = next;
-        if (next == 0) _counters.auditTail = prev;
-        else _audits[next].prevPending = prev;
-        (a.prevPending, a.nextPending) = (0, 0);
     }
 
     function _endSearch(uint256 taskId, Audit storage a) private {
@@ -285,7 +230,7 @@ contract MarketAudits is MarketBase, IMarketAudits {
         if (t.status == TaskStatus.Auditing) {
             uint8 flags = a.flags;
             if (flags & _SEARCHING != 0 || flags & _EXEC_DONE == 0) return;
-            bool anyCommitted;
+            bool anyCommitted = false;
             for (uint256 i = 0; i < 2; ++i) {
                 Auditor storage au = a.auditors[i];
                 if (au.node == address(0) || _isSlashed(a, i + 1)) continue;
@@ -333,6 +278,10 @@ contract MarketAudits is MarketBase, IMarketAudits {
         }
         refund -= _settleAuditors(taskId, a, present, agree, fee, t.info & _ALWAYS_AUDIT != 0);
         _finish(taskId, t, outcome, refund);
+        if (outcome == Outcome.Success) _recordSuccess(t.executor);
+        for (uint256 i = 0; i < 2; ++i) {
+            if (agree[i + 1]) _recordSuccess(a.auditors[i].node);
+        }
     }
 
     /// @dev agree[p] for each party p (see _settleAudit).
@@ -341,24 +290,31 @@ contract MarketAudits is MarketBase, IMarketAudits {
         view
         returns (bool[3] memory agree)
     {
-        bool image = t.info & _IMAGES_MASK != 0;
-        uint256 threshold = _params.hammingThreshold;
-        uint256 lens = a.scoreLengths;
-        bytes32[3][3] memory sc;
-        for (uint256 p = 0; p < 3; ++p) {
-            if (present & (1 << p) != 0) sc[p] = _scores[taskId][p];
-        }
-        // m[0]: executor ~ auditor 1, m[1]: executor ~ auditor 2, m[2]: auditor 1 ~ auditor 2.
-        bool[3] memory m;
-        for (uint256 k = 0; k < 3; ++k) {
-            (uint256 x, uint256 y) = k == 0 ? (0, 1) : k == 1 ? (0, 2) : (1, 2);
-            if (present & (1 << x) == 0 || present & (1 << y) == 0) continue;
-            m[k] = ScoreMatch.matches(sc[x], (lens >> (8 * x)) & 0xff, sc[y], (lens >> (8 * y)) & 0xff, image, threshold);
-        }
+        bool m01 = _pairMatch(taskId, t, a, present, 0, 1);
+        bool m02 = _pairMatch(taskId, t, a, present, 0, 2);
+        bool m12 = _pairMatch(taskId, t, a, present, 1, 2);
         bool alone = present == 1 || present == 2 || present == 4;
-        agree[0] = present & 1 != 0 && (m[0] || m[1] || alone);
-        agree[1] = present & 2 != 0 && (m[0] || m[2] || alone);
-        agree[2] = present & 4 != 0 && (m[1] || m[2] || alone);
+        agree[0] = present & 1 != 0 && (m01 || m02 || alone);
+        agree[1] = present & 2 != 0 && (m01 || m12 || alone);
+        agree[2] = present & 4 != 0 && (m02 || m12 || alone);
+    }
+
+    /// @dev Whether parties x and y are both present and their disclosed scores match.
+    function _pairMatch(uint256 taskId, Task storage t, Audit storage a, uint256 present, uint256 x, uint256 y)
+        private
+        view
+        returns (bool)
+    {
+        if (present & (1 << x) == 0 || present & (1 << y) == 0) return false;
+        uint256 lens = a.scoreLengths;
+        return ScoreMatch.matches(
+            _scores[taskId][x],
+            (lens >> (8 * x)) & 0xff,
+            _scores[taskId][y],
+            (lens >> (8 * y)) & 0xff,
+            t.info & _IMAGES_MASK != 0,
+            _params.hammingThreshold
+        );
     }
 
     /// @dev Slashes the dissenting auditor or settles the others, then pays those that agree
@@ -407,5 +363,6 @@ contract MarketAudits is MarketBase, IMarketAudits {
             _payExecutor(taskId, t.executor, t.fee);
         }
         _finish(taskId, t, delivered ? Outcome.Success : Outcome.NotDelivered, refund);
+        if (delivered) _recordSuccess(t.executor);
     }
 }

@@ -30,8 +30,10 @@ abstract contract MarketBase is ITaskMarketTypes, AccessControl, ReentrancyGuard
     uint8 public constant MAX_IMAGES = 10;
 
     /// @notice The CNX token.
+    /// @custom:security non-reentrant
     IERC20 public immutable token;
     /// @notice The node registry.
+    /// @custom:security non-reentrant
     INodeRegistry public immutable registry;
 
     uint256 internal constant _BPS = 10_000;
@@ -142,8 +144,8 @@ abstract contract MarketBase is ITaskMarketTypes, AccessControl, ReentrancyGuard
         (bytes32 gpu, uint16 vram) = registry.hardware(node);
         if (c.auditHead != 0 && _takeAudit(node, gpu, vram, c.auditHead)) return;
         if (c.queueSize == 0) return;
-        uint256 best;
-        uint256 bestBucket;
+        uint256 best = 0;
+        uint256 bestBucket = 0;
         uint256 mask = c.activeClasses;
         while (mask != 0) {
             uint256 cl = LibBit.ffs(mask);
@@ -160,9 +162,51 @@ abstract contract MarketBase is ITaskMarketTypes, AccessControl, ReentrancyGuard
         _start(best, t, node, t.info);
     }
 
-    /// @dev Gives the node a pending audit it may do (scanning at most auditScan of them,
-    ///      from `head`); true if it took one. Implemented by MarketAudits (TaskMarket delegates).
-    function _takeAudit(address node, bytes32 gpu, uint16 vram, uint256 head) internal virtual returns (bool);
+    /// @dev Scans up to auditScan pending audits for one the node may take.
+    function _takeAudit(address node, bytes32 gpu, uint16 vram, uint256 id) internal returns (bool) {
+        uint256 scan = _params.auditScan;
+        uint256 window = _params.auditWindow;
+        for (uint256 k = 0; k < scan && id != 0; ++k) {
+            Audit storage a = _audits[id];
+            if (
+                block.timestamp <= uint256(a.drawTime) + window && _fits(a.gpu, a.minVram, gpu, vram)
+                    && node != _tasks[id].executor && node != a.auditors[0].node
+            ) {
+                registry.lock(node);
+                _addAuditor(id, a, node);
+                return true;
+            }
+            id = a.nextPending;
+        }
+        return false;
+    }
+
+    function _setAuditor(uint256 taskId, Audit storage a, uint256 i, address node) internal {
+        a.auditors[i] = Auditor({node: node, startTime: uint40(block.timestamp), committed: false});
+        _current[node] = taskId;
+        emit AuditorAssigned(taskId, node);
+    }
+
+    /// @dev Adds a pulled auditor to a pending audit; a full audit leaves the pending list.
+    function _addAuditor(uint256 taskId, Audit storage a, address node) internal {
+        if (a.auditors[0].node == address(0)) {
+            _setAuditor(taskId, a, 0, node);
+        } else {
+            _setAuditor(taskId, a, 1, node);
+            _unlinkPending(a);
+            a.flags &= ~_SEARCHING;
+        }
+    }
+
+    function _unlinkPending(Audit storage a) internal {
+        uint40 prev = a.prevPending;
+        uint40 next = a.nextPending;
+        if (prev == 0) _counters.auditHead = next;
+        else _audits[prev].nextPending = next;
+        if (next == 0) _counters.auditTail = prev;
+        else _audits[next].prevPending = prev;
+        (a.prevPending, a.nextPending) = (0, 0);
+    }
 
     /// @dev Assigns the executor (the node is already locked in the registry).
     function _start(uint256 taskId, Task storage t, address node, uint8 info) internal {
@@ -209,6 +253,11 @@ abstract contract MarketBase is ITaskMarketTypes, AccessControl, ReentrancyGuard
     function _credit(uint256 taskId, address node, uint256 amount) internal {
         if (amount != 0) _balances[node] += amount;
         emit NodePaid(taskId, node, amount);
+    }
+
+    /// @dev Tells the task-mining hook (if set) that `node` completed a task successfully.
+    ///      Called last in every settlement, after all state changes.
+    function _recordSuccess(address node) internal {
         address mining = _pool.taskMining;
         if (mining != address(0)) ITaskMining(mining).recordSuccess(node);
     }
