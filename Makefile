@@ -25,10 +25,11 @@ node_modules/.installed: package.json package-lock.json
 	npm install --no-audit --no-fund --no-save
 	touch $@
 
-test: setup
+# Slither first (no high or medium finding in our contracts), then every test on Anvil.
+test: setup lint
 	ape test tests/ $(ARGS)
 
-test-long: setup
+test-long: setup lint
 	HYPOTHESIS_PROFILE=long ape test tests/ $(ARGS)
 
 lint: setup

@@ -466,7 +466,7 @@ contract NodeRegistry is INodeRegistryFull, AccessControl {
 
     /// @inheritdoc INodeRegistryFull
     function countsByStatus() external view returns (uint256[7] memory c) {
-        uint256 available;
+        uint256 available = 0;
         uint256 groups = _hot.numGroups;
         for (uint256 g = 1; g <= groups; ++g) {
             available += _groupWords[g].available();
@@ -760,7 +760,7 @@ contract NodeRegistry is INodeRegistryFull, AccessControl {
         view
         returns (address)
     {
-        Draw memory d;
+        Draw memory d = Draw({gids: new uint256[](0), weights: new uint256[](0), n: 0, total: 0, skipA: 0, skipB: 0});
         if (req.gpu != 0) {
             uint256 gid = _groupIds[keccak256(abi.encode(req.gpu, req.minVram))];
             if (gid == 0) return address(0);
@@ -785,7 +785,7 @@ contract NodeRegistry is INodeRegistryFull, AccessControl {
             (d.skipA, d.skipB) = (d.skipB, d.skipA);
         }
 
-        uint256 total;
+        uint256 total = 0;
         for (uint256 i; i < d.n; ++i) {
             total += d.weights[i];
         }
@@ -842,7 +842,7 @@ contract NodeRegistry is INodeRegistryFull, AccessControl {
 
     /// @dev The member that point `x` in [0, d.total) falls on.
     function _pick(Draw memory d, uint256 x) private view returns (address) {
-        uint256 ci;
+        uint256 ci = 0;
         uint256[] memory weights = d.weights;
         unchecked {
             for (uint256 n = d.n; ci < n; ++ci) {
