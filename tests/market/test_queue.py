@@ -194,3 +194,19 @@ def test_createTask_sequentialIds_andEvent(helpers, market, creators):
     info = helpers.task(t1)
     assert info.taskType == TaskType.TEXT and info.requiredGpu == h("L4") and info.minVram == 16
     assert info.status == TaskStatus.QUEUED and info.value == 4 * CNX // 40
+
+
+def test_queue_outdatedClientDoesNotPull(helpers, market, registry, nodes, creators, owner):
+    """Governance raised the client version while the node worked: freed, it takes nothing."""
+    helpers.set_params(auditRateBps=0)
+    helpers.join(nodes[0])
+    t1, _ = helpers.create(creators[0])
+    t2, _ = helpers.create(creators[0])
+    assert helpers.task(t2).status == TaskStatus.QUEUED
+    p = dict(registry.params().items())
+    p["minMinor"] = 1  # nodes now need client 1.1.0 or later
+    registry.setParams(p, sender=owner)
+    helpers.commit(t1, nodes[0], image_score(1, 1))
+    tx = helpers.deliver(t1)
+    assert not tx.events.filter(market.TaskStarted)
+    assert helpers.task(t2).status == TaskStatus.QUEUED
