@@ -10,8 +10,9 @@ Measures, on the real token + registry + market:
   1, 10, 100 and 1,000 tasks queued (random fees and image counts: many value buckets);
 - join and quit (the market is wired, so a join is offered work), cancel, eviction, withdraw.
 
-Steady state: every number is the mean over several tasks after a warm-up (the first task
-ever writes fresh storage slots: see `first task ever`). Bulk setup (nodes, queue filling)
+Steady state: every number is the mean over several tasks after a warm-up in which every node
+has been paid once (the first task ever, and a node's first credit after a withdraw, write
+fresh storage slots: see `first task ever`). Bulk setup (nodes, queue filling)
 goes through raw JSON-RPC batches on Anvil with auto-impersonation; measured transactions go
 through Ape and report the receipt's gasUsed (21,000 intrinsic and calldata included).
 """
@@ -204,11 +205,12 @@ def cli(network):
     lines: list[str] = []
 
     # ---- task paths on a 10-node network
-    b.add_nodes(10)
+    nodes = b.add_nodes(10)
     b.set_params(auditRateBps=0)
     first = b.undrawn_task(text=False)
     result["first task ever (image, undrawn)"] = first | {"total": sum(first.values())}
-    for _ in range(3):
+    # warm-up: every node paid once (a node's first credit writes a fresh balance slot)
+    while not all(b.market.balanceOf(n) for n in nodes):
         b.undrawn_task(text=False)
     paths: dict = {}
     for kind, text in (("image", False), ("text", True)):
