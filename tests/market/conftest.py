@@ -1,5 +1,6 @@
 """Fixtures for the task market tests: token + registry + market wired together, funded
 creators and nodes, and helpers that speak the market's conventions (commitments, scores)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -133,8 +134,12 @@ class Helpers:
         self.owner = owner
 
     # nodes
-    def join(self, node, gpu: str = GPU, vram: int = 24, models=(BASE_MODEL,), stake: int = MIN_STAKE):
-        return self.registry.join(stake, gpu, vram, list(VERSION), [h(m) for m in models], sender=node)
+    def join(
+        self, node, gpu: str = GPU, vram: int = 24, models=(BASE_MODEL,), stake: int = MIN_STAKE
+    ):
+        return self.registry.join(
+            stake, gpu, vram, list(VERSION), [h(m) for m in models], sender=node
+        )
 
     # applications
     def create(self, creator, req: Request | None = None, **kw):
@@ -146,7 +151,9 @@ class Helpers:
     # the task lifecycle
     def commit(self, task_id: int, node, score: bytes, salt: bytes | None = None):
         salt = salt or keccak(f"salt:{task_id}:{node.address}".encode())
-        return self.market.commit(task_id, commitment(task_id, node.address, score, salt), sender=node), salt
+        return self.market.commit(
+            task_id, commitment(task_id, node.address, score, salt), sender=node
+        ), salt
 
     def deliver(self, task_id: int):
         return self.market.attestDelivery(task_id, sender=self.relay)
@@ -178,4 +185,3 @@ def by_address(accounts_list, address: str):
         if a.address.lower() == str(address).lower():
             return a
     raise KeyError(address)
-
