@@ -10,11 +10,13 @@ Measures, on the real token + registry + market:
   1, 10, 100 and 1,000 tasks queued (random fees and image counts: many value buckets);
 - join and quit (the market is wired, so a join is offered work), cancel, eviction, withdraw.
 
-Steady state: every number is the mean over several tasks after a warm-up (the first task
-ever writes fresh storage slots: see `first task ever`). Bulk setup (nodes, queue filling)
+Steady state: every number is the mean over several tasks after a warm-up in which every node
+has been paid once (the first task ever, and a node's first credit after a withdraw, write
+fresh storage slots: see `first task ever`). Bulk setup (nodes, queue filling)
 goes through raw JSON-RPC batches on Anvil with auto-impersonation; measured transactions go
 through Ape and report the receipt's gasUsed (21,000 intrinsic and calldata included).
 """
+
 from __future__ import annotations
 
 import json
@@ -51,8 +53,13 @@ class Rpc:
         out = []
         for start in range(0, len(calls), 400):
             chunk = calls[start : start + 400]
-            body = [{"jsonrpc": "2.0", "id": i, "method": m, "params": p} for i, (m, p) in enumerate(chunk)]
-            replies = sorted(self.session.post(self.uri, json=body, timeout=300).json(), key=lambda r: r["id"])
+            body = [
+                {"jsonrpc": "2.0", "id": i, "method": m, "params": p}
+                for i, (m, p) in enumerate(chunk)
+            ]
+            replies = sorted(
+                self.session.post(self.uri, json=body, timeout=300).json(), key=lambda r: r["id"]
+            )
             for r in replies:
                 if "error" in r:
                     raise RuntimeError(r["error"])
@@ -88,9 +95,19 @@ def node_address(i: int) -> str:
     return "0x" + (0xC0000000000000000000000000000000000000 + i).to_bytes(20, "big").hex()
 
 
-def request(fee: int, images: int = 1, text: bool = False, always: bool = False, min_vram: int = 8) -> tuple:
-    return (1 if text else 0, keccak(text=f"args:{fee}:{images}"), [MODEL], min_vram, b"\x00" * 32,
-            0 if text else images, fee, always)
+def request(
+    fee: int, images: int = 1, text: bool = False, always: bool = False, min_vram: int = 8
+) -> tuple:
+    return (
+        1 if text else 0,
+        keccak(text=f"args:{fee}:{images}"),
+        [MODEL],
+        min_vram,
+        b"\x00" * 32,
+        0 if text else images,
+        fee,
+        always,
+    )
 
 
 class Bench:
@@ -126,15 +143,45 @@ class Bench:
         self.next_node += count
         t = self.token.address
         self.rpc.batch([("anvil_setBalance", [a, hex(10**20)]) for a in addrs])
-        self.rpc.send_all([{"from": self.treasury.address, "to": t,
-                            "data": data("transfer(address,uint256)", ["address", "uint256"], [a, STAKE])}
-                           for a in addrs], one_by_one=True)
-        self.rpc.send_all([{"from": a, "to": t, "data": data("approve(address,uint256)", ["address", "uint256"],
-                                                              [self.registry.address, STAKE])} for a in addrs])
-        self.rpc.send_all([{"from": a, "to": self.registry.address, "data": data(
-            "join(uint256,string,uint16,uint16[3],bytes32[])",
-            ["uint256", "string", "uint16", "uint16[3]", "bytes32[]"], [STAKE, gpu, vram, [1, 0, 0], [MODEL]])}
-            for a in addrs])
+        self.rpc.send_all(
+            [
+                {
+                    "from": self.treasury.address,
+                    "to": t,
+                    "data": data("transfer(address,uint256)", ["address", "uint256"], [a, STAKE]),
+                }
+                for a in addrs
+            ],
+            one_by_one=True,
+        )
+        self.rpc.send_all(
+            [
+                {
+                    "from": a,
+                    "to": t,
+                    "data": data(
+                        "approve(address,uint256)",
+                        ["address", "uint256"],
+                        [self.registry.address, STAKE],
+                    ),
+                }
+                for a in addrs
+            ]
+        )
+        self.rpc.send_all(
+            [
+                {
+                    "from": a,
+                    "to": self.registry.address,
+                    "data": data(
+                        "join(uint256,string,uint16,uint16[3],bytes32[])",
+                        ["uint256", "string", "uint16", "uint16[3]", "bytes32[]"],
+                        [STAKE, gpu, vram, [1, 0, 0], [MODEL]],
+                    ),
+                }
+                for a in addrs
+            ]
+        )
         return addrs
 
     # ------------------------------------------------------------------ one task
@@ -150,8 +197,11 @@ class Bench:
         return tx, salt
 
     def score(self, task_id: int, text: bool, images: int) -> bytes:
-        return keccak(text=f"text:{task_id}") if text else b"".join(
-            keccak(text=f"img:{task_id}:{i}")[:8] for i in range(images))
+        return (
+            keccak(text=f"text:{task_id}")
+            if text
+            else b"".join(keccak(text=f"img:{task_id}:{i}")[:8] for i in range(images))
+        )
 
     def undrawn_task(self, text: bool) -> dict[str, int]:
         task_id, c = self.create(request(10 * CNX, text=text))
@@ -175,10 +225,16 @@ class Bench:
         x2 = self.market.disclose(task_id, score, s1, sender=accounts[auditors[0]])
         x3 = self.market.disclose(task_id, score, s2, sender=accounts[auditors[1]])
         assert x3.events.filter(self.market.TaskSettled)[0].outcome == 0
-        return {"createTask": c.gas_used, "commit": m.gas_used, "attestDelivery (draw, 2 auditors)": d.gas_used,
-                "auditor commit": a1.gas_used, "auditor commit (opens disclosure)": a2.gas_used,
-                "disclose (executor)": x1.gas_used, "disclose (auditor)": x2.gas_used,
-                "disclose (last: settles)": x3.gas_used}
+        return {
+            "createTask": c.gas_used,
+            "commit": m.gas_used,
+            "attestDelivery (draw, 2 auditors)": d.gas_used,
+            "auditor commit": a1.gas_used,
+            "auditor commit (opens disclosure)": a2.gas_used,
+            "disclose (executor)": x1.gas_used,
+            "disclose (auditor)": x2.gas_used,
+            "disclose (last: settles)": x3.gas_used,
+        }
 
     # ------------------------------------------------------------------ queue filling
 
@@ -186,8 +242,17 @@ class Bench:
         txs = []
         for _ in range(count):
             fee = rng.randint(1, 1000) * CNX // 10
-            txs.append({"from": self.creator.address, "to": self.market.address, "data": data(
-                f"createTask({REQ_TYPES})", [REQ_TYPES], [request(fee, images=rng.randint(1, 4))])})
+            txs.append(
+                {
+                    "from": self.creator.address,
+                    "to": self.market.address,
+                    "data": data(
+                        f"createTask({REQ_TYPES})",
+                        [REQ_TYPES],
+                        [request(fee, images=rng.randint(1, 4))],
+                    ),
+                }
+            )
         self.rpc.send_all(txs, one_by_one=True)
 
 
@@ -204,11 +269,12 @@ def cli(network):
     lines: list[str] = []
 
     # ---- task paths on a 10-node network
-    b.add_nodes(10)
+    nodes = b.add_nodes(10)
     b.set_params(auditRateBps=0)
     first = b.undrawn_task(text=False)
     result["first task ever (image, undrawn)"] = first | {"total": sum(first.values())}
-    for _ in range(3):
+    # warm-up: every node paid once (a node's first credit writes a fresh balance slot)
+    while not all(b.market.balanceOf(n) for n in nodes):
         b.undrawn_task(text=False)
     paths: dict = {}
     for kind, text in (("image", False), ("text", True)):
@@ -222,7 +288,8 @@ def cli(network):
             "drawn": drw | {"total": sum(drw.values()), "transactions": len(drw)},
         }
         paths[kind]["weighted total at 10% audit rate"] = round(
-            0.9 * paths[kind]["not drawn"]["total"] + 0.1 * paths[kind]["drawn"]["total"])
+            0.9 * paths[kind]["not drawn"]["total"] + 0.1 * paths[kind]["drawn"]["total"]
+        )
     result["task paths"] = paths
     b.set_params(auditRateBps=0)
 
@@ -238,7 +305,9 @@ def cli(network):
         creates = [b.undrawn_task(text=False)["createTask"] for _ in range(SAMPLES)]
         start_by_nodes[str(target)] = round(statistics.mean(creates))
     result["createTask, immediate start, by Available nodes"] = start_by_nodes
-    result["createTask ratio 1000 vs 10 nodes"] = round(start_by_nodes["1000"] / start_by_nodes["10"], 3)
+    result["createTask ratio 1000 vs 10 nodes"] = round(
+        start_by_nodes["1000"] / start_by_nodes["10"], 3
+    )
 
     # ---- join and quit (market wired: a joining node is offered work; the queue is empty)
     user = accounts.test_accounts.generate_test_account()
@@ -279,13 +348,19 @@ def cli(network):
             pulls.append(d.gas_used)
             del busy[node]
             busy[node] = pulled.taskId
-        queue[str(target)] = {"createTask (queues)": round(statistics.mean(creates)),
-                              "attestDelivery (pulls from queue)": round(statistics.mean(pulls))}
+        queue[str(target)] = {
+            "createTask (queues)": round(statistics.mean(creates)),
+            "attestDelivery (pulls from queue)": round(statistics.mean(pulls)),
+        }
     result["queue, by queued tasks"] = queue
     result["pull ratio 1000 vs 1 queued"] = round(
-        queue["1000"]["attestDelivery (pulls from queue)"] / queue["1"]["attestDelivery (pulls from queue)"], 3)
+        queue["1000"]["attestDelivery (pulls from queue)"]
+        / queue["1"]["attestDelivery (pulls from queue)"],
+        3,
+    )
     result["createTask (queues) ratio 1000 vs 1 queued"] = round(
-        queue["1000"]["createTask (queues)"] / queue["1"]["createTask (queues)"], 3)
+        queue["1000"]["createTask (queues)"] / queue["1"]["createTask (queues)"], 3
+    )
     # eviction: a full queue (1,000) and a task beating the lowest
     b.set_params(maxQueueSize=b.market.queueSize())
     _, tx = b.create(request(200 * CNX))
@@ -295,28 +370,47 @@ def cli(network):
     result["cancel (queued task, refund)"] = b.market.cancel(task_id, sender=b.creator).gas_used
 
     # ---- print
-    lines.append(f"\nTaskMarket gas ({network}; gasUsed per transaction; {time.time() - t0:.0f} s)\n")
+    lines.append(
+        f"\nTaskMarket gas ({network}; gasUsed per transaction; {time.time() - t0:.0f} s)\n"
+    )
     for kind, p in paths.items():
         for path in ("not drawn", "drawn"):
             lines.append(f"{kind} task, {path}:")
             for step, g in p[path].items():
                 if step not in ("total", "transactions"):
                     lines.append(f"  {step:44} {g:>10,}")
-            lines.append(f"  {'total (' + str(p[path]['transactions']) + ' transactions)':44} {p[path]['total']:>10,}")
-        lines.append(f"  {'weighted total at a 10% audit rate':44} {p['weighted total at 10% audit rate']:>10,}\n")
+            lines.append(
+                f"  {'total (' + str(p[path]['transactions']) + ' transactions)':44} {p[path]['total']:>10,}"
+            )
+        lines.append(
+            f"  {'weighted total at a 10% audit rate':44} {p['weighted total at 10% audit rate']:>10,}\n"
+        )
     f = result["first task ever (image, undrawn)"]
-    lines.append(f"first task ever (cold slots), undrawn image: {f['total']:,} "
-                 f"(create {f['createTask']:,}, commit {f['commit']:,}, deliver {f['attestDelivery']:,})\n")
+    lines.append(
+        f"first task ever (cold slots), undrawn image: {f['total']:,} "
+        f"(create {f['createTask']:,}, commit {f['commit']:,}, deliver {f['attestDelivery']:,})\n"
+    )
     lines.append("createTask with immediate start, by Available nodes:")
     for n, g in start_by_nodes.items():
         lines.append(f"  {n:>5} nodes {g:>10,}")
-    lines.append(f"  ratio 1000 / 10: {result['createTask ratio 1000 vs 10 nodes']} (target <= 1.3)\n")
+    lines.append(
+        f"  ratio 1000 / 10: {result['createTask ratio 1000 vs 10 nodes']} (target <= 1.3)\n"
+    )
     lines.append(f"{'queued tasks':>12} {'createTask (queues)':>20} {'delivery pulling':>17}")
     for n, q in queue.items():
-        lines.append(f"{n:>12} {q['createTask (queues)']:>20,} {q['attestDelivery (pulls from queue)']:>17,}")
-    lines.append(f"  pull ratio 1000 / 1: {result['pull ratio 1000 vs 1 queued']} (target <= 1.3)\n")
-    for k in ("createTask evicting from a full queue (1,000)", "cancel (queued task, refund)", "withdraw",
-              "join (1 model)", "quit (stake returned)"):
+        lines.append(
+            f"{n:>12} {q['createTask (queues)']:>20,} {q['attestDelivery (pulls from queue)']:>17,}"
+        )
+    lines.append(
+        f"  pull ratio 1000 / 1: {result['pull ratio 1000 vs 1 queued']} (target <= 1.3)\n"
+    )
+    for k in (
+        "createTask evicting from a full queue (1,000)",
+        "cancel (queued task, refund)",
+        "withdraw",
+        "join (1 model)",
+        "quit (stake returned)",
+    ):
         lines.append(f"{k:46} {result[k]:>10,}")
     targets = {
         "not drawn image <= 350k (3 tx)": paths["image"]["not drawn"]["total"] <= 350_000,
@@ -325,7 +419,9 @@ def cli(network):
         "pull 1000 vs 1 queued <= 1.3": result["pull ratio 1000 vs 1 queued"] <= 1.3,
     }
     result["targets met"] = targets
-    lines.append("\ntargets: " + ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in targets.items()))
+    lines.append(
+        "\ntargets: " + ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in targets.items())
+    )
     click.echo("\n".join(lines))
 
     OUT.parent.mkdir(exist_ok=True)

@@ -9,6 +9,7 @@ detector. Findings located only in dependencies (node_modules) are ignored.
 Accepted findings are listed in ACCEPTED with the reason; anything else at high or medium
 impact fails the check. Low and informational findings are printed as a summary only.
 """
+
 from __future__ import annotations
 
 import sys
@@ -51,7 +52,9 @@ def solc_path() -> str:
     candidate = Path.home() / ".solcx" / f"solc-v{SOLC_VERSION}"
     if candidate.exists():
         return str(candidate)
-    raise SystemExit(f"solc {SOLC_VERSION} not found at {candidate}: run tools/install-solc.sh {SOLC_VERSION}")
+    raise SystemExit(
+        f"solc {SOLC_VERSION} not found at {candidate}: run tools/install-solc.sh {SOLC_VERSION}"
+    )
 
 
 def sources() -> list[Path]:
@@ -84,7 +87,9 @@ def finding_key(result: dict) -> tuple[str, str]:
 
 def written_by(slither: Slither, contract_name: str) -> set[str]:
     (contract,) = slither.get_contract_from_name(contract_name)
-    return {v.name for f in contract.functions_and_modifiers for v in f.all_state_variables_written()}
+    return {
+        v.name for f in contract.functions_and_modifiers for v in f.all_state_variables_written()
+    }
 
 
 def module_state_written_by_host(slither: Slither, result: dict) -> bool:
@@ -101,7 +106,11 @@ def module_state_written_by_host(slither: Slither, result: dict) -> bool:
 
 def main() -> int:
     slither = Slither(compile_project())
-    detectors = [d for d in vars(all_detectors).values() if isinstance(d, type) and issubclass(d, AbstractDetector)]
+    detectors = [
+        d
+        for d in vars(all_detectors).values()
+        if isinstance(d, type) and issubclass(d, AbstractDetector)
+    ]
     for detector in detectors:
         slither.register_detector(detector)
     results = [r for batch in slither.run_detectors() for r in batch]
@@ -115,14 +124,18 @@ def main() -> int:
                 accepted.append((key, r))
             elif module_state_written_by_host(slither, r):
                 name = next(e["name"] for e in r["elements"] if e.get("type") == "variable")
-                ACCEPTED[key] = f"{name} is written by the host contract; the module runs on its storage"
+                ACCEPTED[key] = (
+                    f"{name} is written by the host contract; the module runs on its storage"
+                )
                 accepted.append((key, r))
             else:
                 failing.append((key, r))
         else:
             minor[(impact, r["check"])] += 1
-    print(f"slither: {len(sources())} source files, {len(detectors)} detectors, "
-          f"{len(ours)} findings in our code ({len(results) - len(ours)} in dependencies ignored)")
+    print(
+        f"slither: {len(sources())} source files, {len(detectors)} detectors, "
+        f"{len(ours)} findings in our code ({len(results) - len(ours)} in dependencies ignored)"
+    )
     for (impact, check), n in sorted(minor.items()):
         print(f"  {impact.lower():13} {check:32} x{n}")
     for key, r in accepted:

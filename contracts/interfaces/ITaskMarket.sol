@@ -76,7 +76,8 @@ interface ITaskMarketTypes {
     /// @param auditWindow Seconds after the draw during which auditors are looked for.
     /// @param discloseWindow Seconds the parties have to disclose once disclosure opens.
     /// @param maxQueueClasses Most distinct (requiredGpu, minVram) classes in the queue at once (<= 64).
-    /// @param auditScan Most pending audits a freed node inspects before it looks at the queue.
+    /// @param auditScan Most pending audits a freed node inspects before it looks at the queue
+    ///        (entries whose search window has ended count until timeout() removes them).
     struct Params {
         uint16 nonGenerationTime;
         uint16 secondsPerImage;
@@ -305,7 +306,8 @@ interface ITaskMarket is ITaskMarketTypes {
     function resolveDraw(uint256 taskId) external;
 
     /// @notice Discloses the caller's score and salt once disclosure is open; the last
-    ///         disclosure compares the scores and settles the task.
+    ///         disclosure compares the scores and settles the task. Scores longer than 96 bytes
+    ///         are refused (ten pHashes take 80): a party committed to one is silent, and slashed.
     /// @param taskId The task.
     /// @param score The committed score bytes.
     /// @param salt The committed salt.

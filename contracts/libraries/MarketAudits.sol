@@ -162,7 +162,7 @@ contract MarketAudits is MarketBase, IMarketAudits {
         if (gpu != 0) a.gpu = gpu;
         a.minVram = minVram;
         INodeRegistry.Requirement memory req = INodeRegistry.Requirement({minVram: minVram, gpu: gpu, localModel: 0});
-        uint8 found;
+        uint8 found = 0;
         for (; found < 2; ++found) {
             address node = registry.lockRandom(req, _seed(taskId, found + 1), executor, a.auditors[0].node);
             if (node == address(0)) break;

@@ -141,6 +141,8 @@ abstract contract MarketBase is ITaskMarketTypes, AccessControl, ReentrancyGuard
     function _assignWork(address node) internal {
         Counters memory c = _counters;
         if (c.auditHead == 0 && c.queueSize == 0) return;
+        // Still allowed to work: governance may have raised the client version since it joined.
+        if (!registry.isEligible(node, INodeRegistry.Requirement(0, 0, 0))) return;
         (bytes32 gpu, uint16 vram) = registry.hardware(node);
         if (c.auditHead != 0 && _takeAudit(node, gpu, vram, c.auditHead)) return;
         if (c.queueSize == 0) return;

@@ -1,8 +1,8 @@
 """Fixtures for the task market tests: token + registry + market wired together, funded
 creators and nodes, and helpers that speak the market's conventions (commitments, scores)."""
+
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 import pytest
@@ -134,8 +134,12 @@ class Helpers:
         self.owner = owner
 
     # nodes
-    def join(self, node, gpu: str = GPU, vram: int = 24, models=(BASE_MODEL,), stake: int = MIN_STAKE):
-        return self.registry.join(stake, gpu, vram, list(VERSION), [h(m) for m in models], sender=node)
+    def join(
+        self, node, gpu: str = GPU, vram: int = 24, models=(BASE_MODEL,), stake: int = MIN_STAKE
+    ):
+        return self.registry.join(
+            stake, gpu, vram, list(VERSION), [h(m) for m in models], sender=node
+        )
 
     # applications
     def create(self, creator, req: Request | None = None, **kw):
@@ -147,7 +151,9 @@ class Helpers:
     # the task lifecycle
     def commit(self, task_id: int, node, score: bytes, salt: bytes | None = None):
         salt = salt or keccak(f"salt:{task_id}:{node.address}".encode())
-        return self.market.commit(task_id, commitment(task_id, node.address, score, salt), sender=node), salt
+        return self.market.commit(
+            task_id, commitment(task_id, node.address, score, salt), sender=node
+        ), salt
 
     def deliver(self, task_id: int):
         return self.market.attestDelivery(task_id, sender=self.relay)
@@ -160,25 +166,9 @@ class Helpers:
 
     # governance and time
     def set_params(self, **changes):
-        p = self.market.params()
-        current = {name: getattr(p, name) for name in p.__dict__} if hasattr(p, "__dict__") else dict(p)
-        current.update(changes)
-        order = [
-            "nonGenerationTime",
-            "secondsPerImage",
-            "textGenerationTime",
-            "maxQueueSize",
-            "minTimeout",
-            "timeoutFactor",
-            "auditRateBps",
-            "auditLevyBps",
-            "hammingThreshold",
-            "auditWindow",
-            "discloseWindow",
-            "maxQueueClasses",
-            "auditScan",
-        ]
-        return self.market.setParams(tuple(current[k] for k in order), sender=self.owner)
+        fields = dict(self.market.params().items())
+        fields.update(changes)
+        return self.market.setParams(fields, sender=self.owner)
 
     def travel(self, seconds: int):
         """Mine one block `seconds` later."""
@@ -190,16 +180,8 @@ def helpers(market, registry, token, relay, chain, owner):
     return Helpers(market, registry, token, relay, chain, owner)
 
 
-def executors_of(tx, market) -> list[tuple[int, str]]:
-    """(taskId, executor) of every TaskStarted in the receipt."""
-    return [(e.taskId, e.executor) for e in tx.events.filter(market.TaskStarted)]
-
-
 def by_address(accounts_list, address: str):
     for a in accounts_list:
         if a.address.lower() == str(address).lower():
             return a
     raise KeyError(address)
-
-
-HYPOTHESIS_EXAMPLES = int(os.environ.get("MARKET_FSM_EXAMPLES", "0"))

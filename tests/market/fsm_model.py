@@ -6,6 +6,7 @@ Random choices the chain makes (which node runs a task, the draw, which nodes au
 from the events and checked for validity; everything that follows from them is predicted and
 compared with what the chain did.
 """
+
 from __future__ import annotations
 
 import time
@@ -47,7 +48,9 @@ class Rpc:
     def request(self, method: str, params: list) -> Any:
         self._id += 1
         t0 = time.perf_counter()
-        r = self.session.post(self.uri, json={"jsonrpc": "2.0", "id": self._id, "method": method, "params": params})
+        r = self.session.post(
+            self.uri, json={"jsonrpc": "2.0", "id": self._id, "method": method, "params": params}
+        )
         body = r.json()
         self._time(method, t0)
         if "error" in body:
@@ -57,7 +60,9 @@ class Rpc:
     def batch(self, calls: list[tuple[str, list]]) -> list[Any]:
         if not calls:
             return []
-        payload = [{"jsonrpc": "2.0", "id": i, "method": m, "params": p} for i, (m, p) in enumerate(calls)]
+        payload = [
+            {"jsonrpc": "2.0", "id": i, "method": m, "params": p} for i, (m, p) in enumerate(calls)
+        ]
         t0 = time.perf_counter()
         replies = sorted(self.session.post(self.uri, json=payload).json(), key=lambda x: x["id"])
         self._time("batch:" + calls[-1][0], t0)
@@ -69,8 +74,16 @@ class Rpc:
         return out
 
     def send(self, frm: str, to: str, data: bytes, timestamp: int, gas: int = 5_000_000) -> dict:
-        tx = {"from": frm, "to": to, "data": "0x" + data.hex(), "gas": hex(gas), "gasPrice": hex(GAS_PRICE)}
-        _, tx_hash = self.batch([("evm_setNextBlockTimestamp", [hex(timestamp)]), ("eth_sendTransaction", [tx])])
+        tx = {
+            "from": frm,
+            "to": to,
+            "data": "0x" + data.hex(),
+            "gas": hex(gas),
+            "gasPrice": hex(GAS_PRICE),
+        }
+        _, tx_hash = self.batch(
+            [("evm_setNextBlockTimestamp", [hex(timestamp)]), ("eth_sendTransaction", [tx])]
+        )
         # Anvil mines on arrival but may answer the receipt query a moment later.
         for _ in range(1000):
             receipt = self.request("eth_getTransactionReceipt", [tx_hash])
@@ -105,7 +118,10 @@ class Abi:
         return sel + encode(types, list(args))
 
     def call_params(self, fn: str, *args) -> tuple[str, list]:
-        return ("eth_call", [{"to": self.address, "data": "0x" + self.data(fn, *args).hex()}, "latest"])
+        return (
+            "eth_call",
+            [{"to": self.address, "data": "0x" + self.data(fn, *args).hex()}, "latest"],
+        )
 
     def decode_result(self, fn: str, raw: str) -> Any:
         out = decode(self.functions[fn][2], bytes.fromhex(raw[2:]))
@@ -147,7 +163,9 @@ def bucket_of(value: int) -> int:
     if value < (1 << MANTISSA_BITS):
         return value
     msb = value.bit_length() - 1
-    return ((msb - (MANTISSA_BITS - 1)) << MANTISSA_BITS) | ((value >> (msb - MANTISSA_BITS)) & ((1 << MANTISSA_BITS) - 1))
+    return ((msb - (MANTISSA_BITS - 1)) << MANTISSA_BITS) | (
+        (value >> (msb - MANTISSA_BITS)) & ((1 << MANTISSA_BITS) - 1)
+    )
 
 
 def scores_match(a: bytes, b: bytes, image: bool, threshold: int) -> bool:
@@ -157,13 +175,9 @@ def scores_match(a: bytes, b: bytes, image: bool, threshold: int) -> bool:
         return a == b
     for off in range(0, len(a), 8):
         x = int.from_bytes(a[off : off + 8], "big") ^ int.from_bytes(b[off : off + 8], "big")
-        if bin(x).count("1") > threshold:
+        if x.bit_count() > threshold:
             return False
     return True
-
-
-def commitment(task_id: int, node: str, score: bytes, salt: bytes) -> bytes:
-    return keccak(encode(["uint256", "address", "bytes", "bytes32"], [task_id, node, score, salt]))
 
 
 # ------------------------------------------------------------------ the model
@@ -216,7 +230,9 @@ class MTask:
 
     def owing(self) -> list[Party]:
         """Parties that must disclose: the executor and every committed auditor, unless slashed."""
-        return [p for p in [self.executor] + [a for a in self.auditors if a.committed] if not p.slashed]
+        return [
+            p for p in [self.executor] + [a for a in self.auditors if a.committed] if not p.slashed
+        ]
 
 
 @dataclass
@@ -291,7 +307,7 @@ class Settlement:
 
 def predict_settlement(t: MTask, p: Params, pool: int, stakes: dict[str, int]) -> Settlement:
     """The settlement of a task whose end is reached, from the model's own facts."""
-    levy_of = lambda fee: fee * p.levy_bps // BPS  # noqa: E731
+    levy_of = lambda fee: fee * p.levy_bps // BPS
     ex = t.executor
     assert ex is not None
     if t.status == TaskStatus.STARTED:
@@ -307,7 +323,11 @@ def predict_settlement(t: MTask, p: Params, pool: int, stakes: dict[str, int]) -
     present = [q is not None and q.disclosed and not q.slashed for q in parties]
 
     def m(i: int, j: int) -> bool:
-        return present[i] and present[j] and scores_match(parties[i].score, parties[j].score, t.image, p.threshold)
+        return (
+            present[i]
+            and present[j]
+            and scores_match(parties[i].score, parties[j].score, t.image, p.threshold)
+        )
 
     alone = sum(present) == 1
     agree = [

@@ -1,15 +1,15 @@
 """Roles, parameters, permit, the emission hook, commit/disclose guards and the audit module."""
+
 from __future__ import annotations
 
 import ape
 import pytest
-from eth_account import Account
-from eth_account.messages import encode_typed_data
 from eth_utils import keccak
 
 from crynux_common.enums import TaskStatus
 from tests.conftest import CNX
 from tests.market.conftest import Request, by_address, commitment, image_score
+from tests.test_token import _permit_signature
 
 RECORDER_CODE = "0x365f5f37365fa000"  # LOG0(calldata); STOP
 
@@ -19,7 +19,9 @@ def test_attestDelivery_onlyRelay(helpers, market, nodes, creators):
     t, _ = helpers.create(creators[0])
     helpers.commit(t, nodes[0], image_score(1, 1))
     role = market.RELAY_ROLE()
-    with ape.reverts(market.AccessControlUnauthorizedAccount, account=creators[0].address, neededRole=role):
+    with ape.reverts(
+        market.AccessControlUnauthorizedAccount, account=creators[0].address, neededRole=role
+    ):
         market.attestDelivery(t, sender=creators[0])
 
 
@@ -70,7 +72,7 @@ def test_commitmentOf_and_disclose_guards(helpers, market, nodes, creators):
     assert market.commitmentOf(t, a0) == b"\x00" * 32
     with ape.reverts(market.WrongStatus, taskId=t, status=TaskStatus.AUDITING):
         helpers.disclose(t, e, score, salt)
-    _, s0 = helpers.commit(t, a0, score)
+    helpers.commit(t, a0, score)
     _, s1 = helpers.commit(t, a1, score)
     assert market.commitmentOf(t, a1) == commitment(t, a1.address, score, s1)
     with ape.reverts(market.CommitmentMismatch, taskId=t, node=e.address):
@@ -87,7 +89,9 @@ def test_commitmentOf_and_disclose_guards(helpers, market, nodes, creators):
 def test_setParams_onlyAdmin_andRanges(helpers, market, creators, owner):
     p = market.params()
     role = market.DEFAULT_ADMIN_ROLE()
-    with ape.reverts(market.AccessControlUnauthorizedAccount, account=creators[0].address, neededRole=role):
+    with ape.reverts(
+        market.AccessControlUnauthorizedAccount, account=creators[0].address, neededRole=role
+    ):
         market.setParams(tuple(p.values()), sender=creators[0])
     with ape.reverts(market.ParamOutOfRange, field=6, value=10_001):
         helpers.set_params(auditRateBps=10_001)
@@ -100,36 +104,11 @@ def test_setParams_onlyAdmin_andRanges(helpers, market, creators, owner):
     assert market.estimatedTime(0, 2) == 80
 
 
-def _permit(token, chain, signer, spender: str, value: int, deadline: int):
-    """EIP-2612 permit signature (v, r, s) of `signer` for `spender`."""
-    data = {
-        "types": {
-            "EIP712Domain": [
-                {"name": "name", "type": "string"},
-                {"name": "version", "type": "string"},
-                {"name": "chainId", "type": "uint256"},
-                {"name": "verifyingContract", "type": "address"},
-            ],
-            "Permit": [
-                {"name": "owner", "type": "address"},
-                {"name": "spender", "type": "address"},
-                {"name": "value", "type": "uint256"},
-                {"name": "nonce", "type": "uint256"},
-                {"name": "deadline", "type": "uint256"},
-            ],
-        },
-        "primaryType": "Permit",
-        "domain": {"name": "Crynux", "version": "1", "chainId": chain.chain_id, "verifyingContract": token.address},
-        "message": {
-            "owner": signer.address,
-            "spender": spender,
-            "value": value,
-            "nonce": token.nonces(signer),
-            "deadline": deadline,
-        },
-    }
-    sig = Account.sign_message(encode_typed_data(full_message=data), signer.private_key)
-    return sig.v, sig.r.to_bytes(32, "big"), sig.s.to_bytes(32, "big")
+def _permit(token, signer, spender: str, value: int, deadline: int):
+    """EIP-2612 permit signature (v, r, s) of `signer` for `spender`, at its current nonce."""
+    return _permit_signature(
+        token, signer.private_key, spender, value, token.nonces(signer), deadline
+    )
 
 
 @pytest.fixture
@@ -142,16 +121,20 @@ def permit_signer(accounts, chain, token, treasury):
 
 def test_createTaskWithPermit(market, token, chain, permit_signer):
     deadline = chain.pending_timestamp + 3600
-    v, r, s = _permit(token, chain, permit_signer, market.address, 5 * CNX, deadline)
+    v, r, s = _permit(token, permit_signer, market.address, 5 * CNX, deadline)
     market.createTaskWithPermit(Request(fee=5 * CNX).t(), deadline, v, r, s, sender=permit_signer)
     assert token.balanceOf(permit_signer) == 95 * CNX
     assert token.nonces(permit_signer) == 1
 
 
-def test_createTaskWithPermit_frontRunPermitStillCreates(market, token, chain, treasury, permit_signer):
+def test_createTaskWithPermit_frontRunPermitStillCreates(
+    market, token, chain, treasury, permit_signer
+):
     deadline = chain.pending_timestamp + 3600
-    v, r, s = _permit(token, chain, permit_signer, market.address, 21 * CNX, deadline)
-    token.permit(permit_signer.address, market.address, 21 * CNX, deadline, v, r, s, sender=treasury)
+    v, r, s = _permit(token, permit_signer, market.address, 21 * CNX, deadline)
+    token.permit(
+        permit_signer.address, market.address, 21 * CNX, deadline, v, r, s, sender=treasury
+    )
     req = Request(fee=7 * CNX, always_audit=True)  # escrow 3 x 7 CNX
     tx = market.createTaskWithPermit(req.t(), deadline, v, r, s, sender=permit_signer)
     assert token.balanceOf(permit_signer) == 79 * CNX
@@ -162,7 +145,9 @@ def test_emissionHook_recordsEverySuccessfulNode(helpers, market, nodes, creator
     hook = "0x" + "77" * 20
     chain.provider.set_code(hook, RECORDER_CODE)
     role = market.DEFAULT_ADMIN_ROLE()
-    with ape.reverts(market.AccessControlUnauthorizedAccount, account=creators[0].address, neededRole=role):
+    with ape.reverts(
+        market.AccessControlUnauthorizedAccount, account=creators[0].address, neededRole=role
+    ):
         market.setEmission(hook, sender=creators[0])
     tx = market.setEmission(hook, sender=owner)
     assert tx.events.filter(market.EmissionChanged)[0].taskMining.lower() == hook

@@ -1,5 +1,6 @@
 """Each outcome of PROTOCOL.md's task lifecycle (steps 6-8) as its own test, on the real
 token, registry and market."""
+
 from __future__ import annotations
 
 import ape
@@ -36,7 +37,7 @@ class Audited:
     def __init__(self, helpers, market, nodes, creator, score, deliver=True, **req):
         self.h = helpers
         self.market = market
-        self.task_id, tx = helpers.create(creator, **req)
+        self.task_id, _ = helpers.create(creator, **req)
         self.executor = by_address(nodes, helpers.task(self.task_id).executor)
         self.score = score
         _, self.salt = helpers.commit(self.task_id, self.executor, score)
@@ -76,7 +77,12 @@ def test_notDrawn_executorPaidMinusLevy(helpers, market, registry, nodes, creato
     assert not draw.drawn
     assert _settled(tx, market) == Outcome.SUCCESS
     info = helpers.task(task_id)
-    assert info.status == TaskStatus.SUCCESS and info.delivered and info.drawResolved and not info.drawn
+    assert (
+        info.status == TaskStatus.SUCCESS
+        and info.delivered
+        and info.drawResolved
+        and not info.drawn
+    )
     assert market.balanceOf(nodes[0]) == FEE - LEVY
     assert market.auditPool() == LEVY
     assert market.currentTask(nodes[0]) == 0
@@ -120,7 +126,9 @@ def test_drawn_allAgree_everyonePaid(helpers, market, registry, nodes, creators,
     assert registry.nodeInfo(a.executor).unsettled == 0
 
 
-def test_cheatingExecutor_slashedAndCreatorRefunded(helpers, market, registry, nodes, creators, token, three, treasury):
+def test_cheatingExecutor_slashedAndCreatorRefunded(
+    helpers, market, registry, nodes, creators, token, three, treasury
+):
     helpers.set_params(auditRateBps=10_000)
     honest = image_score(1, 1)
     cheat = image_score(1, 99)
@@ -234,7 +242,9 @@ def test_committedNotDelivered_refunded(helpers, market, registry, nodes, creato
     assert registry.nodeInfo(nodes[0]).unsettled == 0
 
 
-def test_withheldResult_afterDrawnAudit_stillJudged(helpers, market, registry, nodes, creators, token, three):
+def test_withheldResult_afterDrawnAudit_stillJudged(
+    helpers, market, registry, nodes, creators, token, three
+):
     """A cheater that sees the draw and withholds its result is judged and slashed anyway."""
     helpers.set_params(auditRateBps=10_000)
     honest = image_score(1, 1)
@@ -274,7 +284,9 @@ def test_withheldHonestResult_notPaid(helpers, market, nodes, creators, token, t
     assert token.balanceOf(creators[0]) == before + FEE
 
 
-def test_auditorSilent_slashedAndAuditSettlesAmongTheRest(helpers, market, registry, nodes, creators, three):
+def test_auditorSilent_slashedAndAuditSettlesAmongTheRest(
+    helpers, market, registry, nodes, creators, three
+):
     helpers.set_params(auditRateBps=10_000)
     score = image_score(1, 3)
     a = Audited(helpers, market, nodes, creators[0], score)
@@ -318,7 +330,9 @@ def test_discloserSilent_slashed(helpers, market, registry, nodes, creators, thr
     assert registry.nodeInfo(a.auditors[0]).unsettled == 0
 
 
-def test_silentExecutorAtDisclosure_slashedAndRefunded(helpers, market, registry, nodes, creators, token, three):
+def test_silentExecutorAtDisclosure_slashedAndRefunded(
+    helpers, market, registry, nodes, creators, token, three
+):
     helpers.set_params(auditRateBps=10_000)
     score = image_score(1, 4)
     a = Audited(helpers, market, nodes, creators[0], score)
@@ -377,7 +391,9 @@ def test_resolveDraw_byAnyone_clearThenDeliver(helpers, market, nodes, creators)
     assert _settled(tx, market) == Outcome.SUCCESS
 
 
-def test_alwaysAudit_escrowsThreeFees_auditorsPaidFromEscrow(helpers, market, nodes, creators, token, three):
+def test_alwaysAudit_escrowsThreeFees_auditorsPaidFromEscrow(
+    helpers, market, nodes, creators, token, three
+):
     helpers.set_params(auditRateBps=0)
     before = token.balanceOf(creators[0])
     score = image_score(1, 8)
@@ -396,7 +412,9 @@ def test_alwaysAudit_escrowsThreeFees_auditorsPaidFromEscrow(helpers, market, no
     assert token.balanceOf(creators[0]) == before - 3 * FEE
 
 
-def test_noAuditorFound_withinWindow_paidAsNotDrawn(helpers, market, registry, nodes, creators, token):
+def test_noAuditorFound_withinWindow_paidAsNotDrawn(
+    helpers, market, registry, nodes, creators, token
+):
     helpers.set_params(auditRateBps=10_000)
     helpers.join(nodes[0])
     task_id, _ = helpers.create(creators[0], always_audit=True)

@@ -14,6 +14,7 @@ each run starts from an evm_snapshot and reverts to it.
 Examples: MARKET_FSM_EXAMPLES (default 200) runs of up to MARKET_FSM_STEPS (default 35) steps,
 about a minute on a 2-core machine; HYPOTHESIS_PROFILE=long: 2000 runs of up to 50 steps.
 """
+
 from __future__ import annotations
 
 import os
@@ -34,7 +35,7 @@ from hypothesis.stateful import (
 
 from crynux_common.enums import NodeStatus, Outcome, SlashReason, TaskStatus
 from tests.conftest import CNX
-from tests.market.conftest import MIN_STAKE, VERSION, flip_bits, image_score
+from tests.market.conftest import MIN_STAKE, VERSION, commitment, flip_bits, image_score
 from tests.market.fsm_model import (
     Abi,
     MNode,
@@ -44,7 +45,6 @@ from tests.market.fsm_model import (
     Rpc,
     RpcError,
     bucket_of,
-    commitment,
     fits,
     predict_settlement,
 )
@@ -117,7 +117,6 @@ class MarketMachine(RuleBasedStateMachine):
         finally:
             assert self.rpc.request("evm_revert", [self.snapshot]) is True, "evm_revert failed"
 
-
     # ------------------------------------------------------------------ chain access
 
     def _cnx(self, addr: str) -> int:
@@ -138,7 +137,9 @@ class MarketMachine(RuleBasedStateMachine):
             ]
             raws = self.rpc.batch(calls)
             k = len(self.nodes)
-            infos = {n.address: reg.decode_result("nodeInfo", r) for n, r in zip(self.nodes, raws[:k])}
+            infos = {
+                n.address: reg.decode_result("nodeInfo", r) for n, r in zip(self.nodes, raws[:k])
+            }
             self._cache = {
                 "info": infos,
                 "status": {a: NodeStatus(i[0]) for a, i in infos.items()},
@@ -161,7 +162,9 @@ class MarketMachine(RuleBasedStateMachine):
         tx_time = self.now
         self.now += 1
         if int(receipt["status"], 16) != 1:
-            raise AssertionError(f"{fn}{args} from {frm} reverted: {self._revert_reason(frm, abi, fn, args)}")
+            raise AssertionError(
+                f"{fn}{args} from {frm} reverted: {self._revert_reason(frm, abi, fn, args)}"
+            )
         STATS[f"tx:{fn}"] += 1
         events = []
         for log in receipt["logs"]:
@@ -174,7 +177,13 @@ class MarketMachine(RuleBasedStateMachine):
 
     def _revert_reason(self, frm, abi, fn, args) -> str:
         try:
-            self.rpc.request("eth_call", [{"from": frm, "to": abi.address, "data": "0x" + abi.data(fn, *args).hex()}, "latest"])
+            self.rpc.request(
+                "eth_call",
+                [
+                    {"from": frm, "to": abi.address, "data": "0x" + abi.data(fn, *args).hex()},
+                    "latest",
+                ],
+            )
             return "(passes as a call now)"
         except RpcError as e:
             return str(e)
@@ -183,7 +192,11 @@ class MarketMachine(RuleBasedStateMachine):
         sel = keccak(error.encode())[:4].hex()
         try:
             self.rpc.request(
-                "eth_call", [{"from": frm, "to": abi.address, "data": "0x" + abi.data(fn, *args).hex()}, "latest"]
+                "eth_call",
+                [
+                    {"from": frm, "to": abi.address, "data": "0x" + abi.data(fn, *args).hex()},
+                    "latest",
+                ],
             )
         except RpcError as e:
             assert sel in str(e), f"{fn}: expected {error}, got {e}"
@@ -204,7 +217,11 @@ class MarketMachine(RuleBasedStateMachine):
         if choice == "error":
             return b""
         idx = self.node[node].idx
-        return image_score(t.num_images, 10_000 + idx) if t.image else keccak(f"cheat:{t.id}:{idx}".encode())
+        return (
+            image_score(t.num_images, 10_000 + idx)
+            if t.image
+            else keccak(f"cheat:{t.id}:{idx}".encode())
+        )
 
     def _deadline(self, t: MTask, start: int) -> int:
         return start + self.p.timeout(t.image, t.num_images)
@@ -220,7 +237,12 @@ class MarketMachine(RuleBasedStateMachine):
             if t.executor and t.executor.node == addr and not t.exec_done:
                 out.append(t.id)
             for a in t.auditors:
-                if a.node == addr and not a.committed and not a.slashed and t.status == TaskStatus.AUDITING:
+                if (
+                    a.node == addr
+                    and not a.committed
+                    and not a.slashed
+                    and t.status == TaskStatus.AUDITING
+                ):
                     out.append(t.id)
         return out
 
@@ -235,11 +257,21 @@ class MarketMachine(RuleBasedStateMachine):
     def _check_pull(self, n: MNode, pulled: MTask | None, audit: MTask | None) -> None:
         """A freed node takes the first pending audit it may do (within auditScan), else the
         best queued task it is eligible for (highest bucket, oldest first)."""
-        eligible_audits = [self.tasks[i] for i in self.pending[: self.p.audit_scan] if self._audit_fits(self.tasks[i], n)]
+        eligible_audits = [
+            self.tasks[i]
+            for i in self.pending[: self.p.audit_scan]
+            if self._audit_fits(self.tasks[i], n)
+        ]
         if audit is not None:
-            assert eligible_audits and eligible_audits[0].id == audit.id, (n.address, audit.id, self.pending)
+            assert eligible_audits and eligible_audits[0].id == audit.id, (
+                n.address,
+                audit.id,
+                self.pending,
+            )
             return
-        assert not eligible_audits, f"{n.address} pulled task {pulled.id} over audit {eligible_audits[0].id}"
+        assert not eligible_audits, (
+            f"{n.address} pulled task {pulled.id} over audit {eligible_audits[0].id}"
+        )
         cands = [t for t in self._queued() if fits(t.gpu, t.min_vram, n.gpu, n.vram)]
         best = max(cands, key=lambda t: (bucket_of(t.value), -t.id))
         assert pulled.id == best.id, (pulled.id, best.id)
@@ -254,9 +286,7 @@ class MarketMachine(RuleBasedStateMachine):
         created_here: set[int] = set()
         for who, name, a in events:
             if who == "registry":
-                if name == "StakeReturned":
-                    self.node[a["node"]].stake -= a["amount"]
-                elif name == "NodeSlashed":
+                if name in ("StakeReturned", "NodeSlashed"):  # the stake leaves the registry
                     self.node[a["node"]].stake -= a["amount"]
                 continue
             tid = a.get("taskId")
@@ -281,7 +311,9 @@ class MarketMachine(RuleBasedStateMachine):
                 t.status = TaskStatus.QUEUED
             elif name == "TaskStarted":
                 n = self.node[a["executor"]]
-                assert fits(t.gpu, t.min_vram, n.gpu, n.vram), "executor does not meet the requirement"
+                assert fits(t.gpu, t.min_vram, n.gpu, n.vram), (
+                    "executor does not meet the requirement"
+                )
                 if t.status == TaskStatus.QUEUED:
                     self._check_pull(n, t, None)
                 else:
@@ -356,7 +388,7 @@ class MarketMachine(RuleBasedStateMachine):
                 if a["reason"] == SlashReason.DISAGREED:
                     buffered[tid].append((name, a))
                     continue
-                party = [x for x in t.parties() if x.node == a["node"]][0]
+                party = next(x for x in t.parties() if x.node == a["node"])
                 assert not party.slashed
                 if a["reason"] == SlashReason.NO_COMMIT:
                     assert not party.committed and party is not t.executor
@@ -371,7 +403,9 @@ class MarketMachine(RuleBasedStateMachine):
                 buffered[tid].append((name, a))
             elif name == "TaskSettled":
                 STATS[f"outcome:{Outcome(a['outcome']).name}"] += 1
-                self._settle(t, Outcome(a["outcome"]), buffered.pop(tid, []), stakes_before, refunds_due)
+                self._settle(
+                    t, Outcome(a["outcome"]), buffered.pop(tid, []), stakes_before, refunds_due
+                )
             elif name == "TaskRefunded":
                 assert refunds_due.pop(tid) == a["amount"], "refund amount"
                 assert a["creator"] == t.creator
@@ -382,7 +416,9 @@ class MarketMachine(RuleBasedStateMachine):
         assert not buffered, f"payments without a settlement: {dict(buffered)}"
         assert not {k: v for k, v in refunds_due.items() if v}, f"refunds not made: {refunds_due}"
 
-    def _settle(self, t: MTask, outcome: Outcome, flows: list, stakes: dict, refunds_due: dict) -> None:
+    def _settle(
+        self, t: MTask, outcome: Outcome, flows: list, stakes: dict, refunds_due: dict
+    ) -> None:
         if t.status == TaskStatus.AUDITING and t.drawn:
             # every remaining party has disclosed, or nobody is left to check
             assert not t.searching and t.exec_done
@@ -398,7 +434,7 @@ class MarketMachine(RuleBasedStateMachine):
             if n == "NodeSlashed":
                 assert a["toAuditPool"] == stakes[a["node"]] // 2
                 self.pool += a["toAuditPool"]
-                [x for x in t.parties() if x.node == a["node"]][0].slashed = True
+                next(x for x in t.parties() if x.node == a["node"]).slashed = True
         self.pool += levy
         executor_pay = exp.paid.get(t.executor.node, 0) if outcome == Outcome.SUCCESS else 0
         for node, amount in exp.paid.items():
@@ -420,13 +456,26 @@ class MarketMachine(RuleBasedStateMachine):
 
     # ------------------------------------------------------------------ rules: nodes
 
-    @initialize(hw=st.lists(st.tuples(st.sampled_from(GPUS), st.sampled_from(VRAMS)), min_size=2, max_size=6))
+    @initialize(
+        hw=st.lists(
+            st.tuples(st.sampled_from(GPUS), st.sampled_from(VRAMS)), min_size=2, max_size=6
+        )
+    )
     def start_network(self, hw):
         """A few nodes join first, so that tasks run from the first steps."""
         for n, (gpu, vram) in zip(self.nodes, hw):
             n.gpu, n.vram = gpu, vram
             n.stake += MIN_STAKE
-            self._send(n.address, self.ctx.registry, "join", MIN_STAKE, gpu, vram, list(VERSION), [keccak(b"base:sd15")])
+            self._send(
+                n.address,
+                self.ctx.registry,
+                "join",
+                MIN_STAKE,
+                gpu,
+                vram,
+                list(VERSION),
+                [keccak(b"base:sd15")],
+            )
 
     def _active_nodes(self) -> int:
         return sum(s not in (NodeStatus.NONE, NodeStatus.QUIT) for s in self._status().values())
@@ -435,21 +484,39 @@ class MarketMachine(RuleBasedStateMachine):
     @rule(data=st.data(), gpu=st.sampled_from(GPUS), vram=st.sampled_from(VRAMS))
     def join(self, data, gpu, vram):
         infos = self._node_infos()
-        cands = [n for n in self.nodes if NodeStatus(infos[n.address][0]) in (NodeStatus.NONE, NodeStatus.QUIT)]
+        cands = [
+            n
+            for n in self.nodes
+            if NodeStatus(infos[n.address][0]) in (NodeStatus.NONE, NodeStatus.QUIT)
+        ]
         cands = [n for n in cands if infos[n.address][10] == 0]  # no unsettled task
         if not cands:
             return
         n = data.draw(st.sampled_from(cands))
         n.gpu, n.vram = gpu, vram
         n.stake += MIN_STAKE
-        self._send(n.address, self.ctx.registry, "join", MIN_STAKE, gpu, vram, list(VERSION), [keccak(b"base:sd15")])
+        self._send(
+            n.address,
+            self.ctx.registry,
+            "join",
+            MIN_STAKE,
+            gpu,
+            vram,
+            list(VERSION),
+            [keccak(b"base:sd15")],
+        )
 
     @rule(data=st.data(), action=st.sampled_from(["pause", "resume", "quit"]))
     def node_control(self, data, action):
         allowed = {
             "pause": (NodeStatus.AVAILABLE, NodeStatus.BUSY),
             "resume": (NodeStatus.PAUSED, NodeStatus.PENDING_PAUSE),
-            "quit": (NodeStatus.AVAILABLE, NodeStatus.BUSY, NodeStatus.PENDING_PAUSE, NodeStatus.PAUSED),
+            "quit": (
+                NodeStatus.AVAILABLE,
+                NodeStatus.BUSY,
+                NodeStatus.PENDING_PAUSE,
+                NodeStatus.PAUSED,
+            ),
         }[action]
         status = self._status()
         cands = [n for n in self.nodes if status[n.address] in allowed]
@@ -475,9 +542,19 @@ class MarketMachine(RuleBasedStateMachine):
         value = fee // self.p.time(image, n)
         status = self._status()
         can_start = any(
-            status[x.address] == NodeStatus.AVAILABLE and fits(gpu, min_vram, x.gpu, x.vram) for x in self.nodes
+            status[x.address] == NodeStatus.AVAILABLE and fits(gpu, min_vram, x.gpu, x.vram)
+            for x in self.nodes
         )
-        request = (0 if image else 1, keccak(b"args"), [keccak(b"base:sd15")], min_vram, gpu, n, fee, always)
+        request = (
+            0 if image else 1,
+            keccak(b"args"),
+            [keccak(b"base:sd15")],
+            min_vram,
+            gpu,
+            n,
+            fee,
+            always,
+        )
         market = self.ctx.market
         if not can_start:
             queued = self._queued()
@@ -485,16 +562,26 @@ class MarketMachine(RuleBasedStateMachine):
             if len(queued) >= self.p.max_queue:
                 low = min(queued, key=lambda q: (bucket_of(q.value), -q.id))
                 if bucket_of(value) <= bucket_of(low.value):
-                    self._expect_revert(creator, market, "createTask", request, error="QueueFull(uint256,uint256,uint256)")
+                    self._expect_revert(
+                        creator,
+                        market,
+                        "createTask",
+                        request,
+                        error="QueueFull(uint256,uint256,uint256)",
+                    )
                     return
                 remaining.remove(low)
             classes = {(q.gpu, q.min_vram) for q in remaining}
             if (gpu, min_vram) not in classes and len(classes) >= self.p.max_classes:
-                self._expect_revert(creator, market, "createTask", request, error="TooManyQueueClasses(uint256)")
+                self._expect_revert(
+                    creator, market, "createTask", request, error="TooManyQueueClasses(uint256)"
+                )
                 return
         events = self._send(creator, market, "createTask", request)
         started = [e for e in events if e[1] == "TaskStarted"]
-        assert bool(started) == can_start, "a task must start at once iff an eligible node is Available"
+        assert bool(started) == can_start, (
+            "a task must start at once iff an eligible node is Available"
+        )
         if started:
             assert status[started[0][2]["executor"]] == NodeStatus.AVAILABLE
 
@@ -503,7 +590,9 @@ class MarketMachine(RuleBasedStateMachine):
     def cancel(self, data):
         t = data.draw(st.sampled_from(self._queued()))
         other = next(c for c in self.ctx.creators if c != t.creator)
-        self._expect_revert(other, self.ctx.market, "cancel", t.id, error="NotCreator(uint256,address)")
+        self._expect_revert(
+            other, self.ctx.market, "cancel", t.id, error="NotCreator(uint256,address)"
+        )
         self._send(t.creator, self.ctx.market, "cancel", t.id)
 
     # ------------------------------------------------------------------ rules: task lifecycle
@@ -522,7 +611,9 @@ class MarketMachine(RuleBasedStateMachine):
         ex = t.executor
         ex.score = self._score(t, ex.node, choice)
         ex.salt = keccak(f"salt:{t.id}:{ex.node}".encode())
-        self._send(ex.node, self.ctx.market, "commit", t.id, commitment(t.id, ex.node, ex.score, ex.salt))
+        self._send(
+            ex.node, self.ctx.market, "commit", t.id, commitment(t.id, ex.node, ex.score, ex.salt)
+        )
         ex.committed = True
         t.commit_block = self.block
         t.status = TaskStatus.COMMITTED
@@ -543,7 +634,9 @@ class MarketMachine(RuleBasedStateMachine):
         a.score = self._score(t, a.node, choice)
         a.salt = keccak(f"salt:{t.id}:{a.node}".encode())
         a.committed = True  # before the events: the commit may open the disclosure
-        self._send(a.node, self.ctx.market, "commit", t.id, commitment(t.id, a.node, a.score, a.salt))
+        self._send(
+            a.node, self.ctx.market, "commit", t.id, commitment(t.id, a.node, a.score, a.salt)
+        )
 
     def _deliver_cands(self) -> list[MTask]:
         return [
@@ -563,7 +656,11 @@ class MarketMachine(RuleBasedStateMachine):
         self._send(self.ctx.relay, self.ctx.market, "attestDelivery", t.id)
 
     def _resolve_cands(self) -> list[MTask]:
-        return [t for t in self.tasks.values() if t.status == TaskStatus.COMMITTED and not t.resolved_clear]
+        return [
+            t
+            for t in self.tasks.values()
+            if t.status == TaskStatus.COMMITTED and not t.resolved_clear
+        ]
 
     @precondition(lambda self: self._resolve_cands())
     @rule(data=st.data())
@@ -575,7 +672,8 @@ class MarketMachine(RuleBasedStateMachine):
         return [
             (t, q)
             for t in self.tasks.values()
-            if t.status == TaskStatus.DISCLOSING and self.now <= t.disclose_start + self.p.disclose_window
+            if t.status == TaskStatus.DISCLOSING
+            and self.now <= t.disclose_start + self.p.disclose_window
             for q in t.owing()
             if not q.disclosed
         ]
@@ -639,15 +737,22 @@ class MarketMachine(RuleBasedStateMachine):
             return now > t.disclose_start + self.p.disclose_window
         if t.searching and now > t.draw_time + self.p.audit_window:
             return True
-        return any(not a.committed and not a.slashed and now > self._deadline(t, a.start) for a in t.auditors)
+        return any(
+            not a.committed and not a.slashed and now > self._deadline(t, a.start)
+            for a in t.auditors
+        )
 
-    @precondition(lambda self: any(t.open or t.status == TaskStatus.QUEUED for t in self.tasks.values()))
+    @precondition(
+        lambda self: any(t.open or t.status == TaskStatus.QUEUED for t in self.tasks.values())
+    )
     @rule(data=st.data())
     def timeout(self, data):
         cands = [t for t in self.tasks.values() if t.open or t.status == TaskStatus.QUEUED]
         t = data.draw(st.sampled_from(cands))
         if not self._due(t):
-            self._expect_revert(self.ctx.creators[1], self.ctx.market, "timeout", t.id, error="NothingDue(uint256)")
+            self._expect_revert(
+                self.ctx.creators[1], self.ctx.market, "timeout", t.id, error="NothingDue(uint256)"
+            )
             return
         self._send(self.ctx.creators[1], self.ctx.market, "timeout", t.id)
 
@@ -673,7 +778,10 @@ class MarketMachine(RuleBasedStateMachine):
         chain = self._chain()
         escrow = sum(t.escrow for t in self.tasks.values())
         assert chain["pool"] == self.pool, (chain["pool"], self.pool)
-        assert chain["market_cnx"] == escrow + self.pool + sum(self.bal.values()), (chain["market_cnx"], escrow)
+        assert chain["market_cnx"] == escrow + self.pool + sum(self.bal.values()), (
+            chain["market_cnx"],
+            escrow,
+        )
         assert chain["registry_cnx"] == self.registry_cnx0 + sum(n.stake for n in self.nodes)
 
     @invariant()
@@ -686,8 +794,12 @@ class MarketMachine(RuleBasedStateMachine):
         for n in self.nodes:
             if status[n.address] != NodeStatus.AVAILABLE:
                 continue
-            assert not any(fits(q.gpu, q.min_vram, n.gpu, n.vram) for q in self._queued()), n.address
-            assert not any(self._audit_fits(self.tasks[i], n) for i in self.pending[: self.p.audit_scan])
+            assert not any(fits(q.gpu, q.min_vram, n.gpu, n.vram) for q in self._queued()), (
+                n.address
+            )
+            assert not any(
+                self._audit_fits(self.tasks[i], n) for i in self.pending[: self.p.audit_scan]
+            )
 
     # ------------------------------------------------------------------ end of a run
 
@@ -707,7 +819,7 @@ class MarketMachine(RuleBasedStateMachine):
 
     def _final_checks(self):
         c = self.ctx
-        market, reg = c.market, c.registry
+        market = c.market
         calls = [market.call_params("balanceOf", n.address) for n in self.nodes]
         calls += [market.call_params("currentTask", n.address) for n in self.nodes]
         calls += [c.token.call_params("balanceOf", a) for a in c.creators]
@@ -718,12 +830,21 @@ class MarketMachine(RuleBasedStateMachine):
         self.cnx_conserved()
         status = self._status()
         for n, r in zip(self.nodes, raws[k : 2 * k]):
-            busy = status[n.address] in (NodeStatus.BUSY, NodeStatus.PENDING_PAUSE, NodeStatus.PENDING_QUIT)
-            assert busy == (market.decode_result("currentTask", r) != 0), (n.address, status[n.address])
+            busy = status[n.address] in (
+                NodeStatus.BUSY,
+                NodeStatus.PENDING_PAUSE,
+                NodeStatus.PENDING_QUIT,
+            )
+            assert busy == (market.decode_result("currentTask", r) != 0), (
+                n.address,
+                status[n.address],
+            )
         for a, r in zip(c.creators, raws[2 * k :]):
             assert c.token.decode_result("balanceOf", r) == self.creator_cnx[a]
         tasks = list(self.tasks.values())
-        for t, raw in zip(tasks, self.rpc.batch([market.call_params("getTask", t.id) for t in tasks])):
+        for t, raw in zip(
+            tasks, self.rpc.batch([market.call_params("getTask", t.id) for t in tasks])
+        ):
             assert market.decode_result("getTask", raw)[2] == t.status, t.id
 
 
@@ -731,19 +852,29 @@ MarketMachine.TestCase.settings = settings(
     max_examples=EXAMPLES,
     stateful_step_count=STEPS,
     deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.filter_too_much],
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.filter_too_much,
+    ],
 )
 
 
 @pytest.fixture
 def fsm_ctx(chain, market, registry, token, owner, relay, creators, node_pool):
     rpc = Rpc(chain.provider.uri)
-    abi = lambda c: [x.model_dump(mode="json", by_alias=True) for x in c.contract_type.abi]  # noqa: E731
-    m, r, t = Abi(market.address, abi(market)), Abi(registry.address, abi(registry)), Abi(token.address, abi(token))
+    abi = lambda c: [x.model_dump(mode="json", by_alias=True) for x in c.contract_type.abi]
+    m, r, t = (
+        Abi(market.address, abi(market)),
+        Abi(registry.address, abi(registry)),
+        Abi(token.address, abi(token)),
+    )
     rpc.request("anvil_autoImpersonateAccount", [True])
     params = Params(audit_scan=32)  # more than a run's tasks: every pending audit is in reach
     rpc.send(owner.address, m.address, m.data("setParams", params.tuple()), _next_ts(rpc))
-    return Ctx(rpc, m, r, t, owner.address, relay.address, [a.address for a in creators], node_pool, params)
+    return Ctx(
+        rpc, m, r, t, owner.address, relay.address, [a.address for a in creators], node_pool, params
+    )
 
 
 def _next_ts(rpc: Rpc) -> int:
@@ -755,4 +886,9 @@ def test_market_state_machine(fsm_ctx):
     STATS.clear()
     run_state_machine_as_test(MarketMachine, settings=MarketMachine.TestCase.settings)
     print("\nmarket state machine:", dict(sorted(STATS.items())))
-    print("rpc seconds:", {k: round(v, 1) for k, v in fsm_ctx.rpc.timing.items()}, "receipt polls:", fsm_ctx.rpc.polls)
+    print(
+        "rpc seconds:",
+        {k: round(v, 1) for k, v in fsm_ctx.rpc.timing.items()},
+        "receipt polls:",
+        fsm_ctx.rpc.polls,
+    )

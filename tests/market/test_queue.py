@@ -1,4 +1,5 @@
 """Task value, the value-ordered queue, eligibility classes, eviction and cancel."""
+
 from __future__ import annotations
 
 import ape
@@ -92,7 +93,7 @@ def test_queueFull_evictsLowestValue_refundedInSameTx(helpers, market, creators,
     helpers.set_params(maxQueueSize=3)
     low, _ = helpers.create(creators[0], fee=10 * CNX)
     mid, _ = helpers.create(creators[1], fee=20 * CNX, always_audit=True)
-    top, _ = helpers.create(creators[1], fee=30 * CNX)
+    helpers.create(creators[1], fee=30 * CNX)
     before = token.balanceOf(creators[0])
     new, tx = helpers.create(creators[2], fee=15 * CNX)
     (ev,) = tx.events.filter(market.TaskEvicted)
@@ -103,7 +104,9 @@ def test_queueFull_evictsLowestValue_refundedInSameTx(helpers, market, creators,
     assert helpers.task(low).status == TaskStatus.EVICTED
     assert market.queueSize() == 3
     # a value that does not beat the lowest (now 15 CNX / 50 s) is refused
-    with ape.reverts(market.QueueFull, maxQueueSize=3, lowestValue=15 * CNX // 50, value=15 * CNX // 50):
+    with ape.reverts(
+        market.QueueFull, maxQueueSize=3, lowestValue=15 * CNX // 50, value=15 * CNX // 50
+    ):
         helpers.create(creators[2], fee=15 * CNX)
     # the evicted task of an alwaysAudit creator gets its three fees back
     before = token.balanceOf(creators[1])
@@ -183,7 +186,9 @@ def test_createTask_validation(helpers, market, creators):
 
 
 def test_createTask_sequentialIds_andEvent(helpers, market, creators):
-    req = Request(task_type=TaskType.TEXT, num_images=0, fee=4 * CNX, min_vram=16, required_gpu=h("L4"))
+    req = Request(
+        task_type=TaskType.TEXT, num_images=0, fee=4 * CNX, min_vram=16, required_gpu=h("L4")
+    )
     t1, tx = helpers.create(creators[0], req)
     t2, _ = helpers.create(creators[0])
     assert (t1, t2) == (1, 2)
@@ -194,3 +199,19 @@ def test_createTask_sequentialIds_andEvent(helpers, market, creators):
     info = helpers.task(t1)
     assert info.taskType == TaskType.TEXT and info.requiredGpu == h("L4") and info.minVram == 16
     assert info.status == TaskStatus.QUEUED and info.value == 4 * CNX // 40
+
+
+def test_queue_outdatedClientDoesNotPull(helpers, market, registry, nodes, creators, owner):
+    """Governance raised the client version while the node worked: freed, it takes nothing."""
+    helpers.set_params(auditRateBps=0)
+    helpers.join(nodes[0])
+    t1, _ = helpers.create(creators[0])
+    t2, _ = helpers.create(creators[0])
+    assert helpers.task(t2).status == TaskStatus.QUEUED
+    p = dict(registry.params().items())
+    p["minMinor"] = 1  # nodes now need client 1.1.0 or later
+    registry.setParams(p, sender=owner)
+    helpers.commit(t1, nodes[0], image_score(1, 1))
+    tx = helpers.deliver(t1)
+    assert not tx.events.filter(market.TaskStarted)
+    assert helpers.task(t2).status == TaskStatus.QUEUED
