@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from eth_abi import decode as abi_decode
-from eth_account.messages import encode_typed_data
+from crynux_common.permit import sign_permit
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak, to_checksum_address
 from web3 import Web3
@@ -520,32 +520,11 @@ class NodeChain:
         """An EIP-2612 permit of `value` CNX to `spender`, signed by the node's key."""
         assert self._account is not None
         domain = self._call(self.token.functions.eip712Domain())
-        _, name, version, chain_id, verifying = domain[0], domain[1], domain[2], domain[3], domain[4]
         nonce = int(self._call(self.token.functions.nonces(self.address)))
-        typed = {
-            "types": {
-                "EIP712Domain": [
-                    {"name": "name", "type": "string"},
-                    {"name": "version", "type": "string"},
-                    {"name": "chainId", "type": "uint256"},
-                    {"name": "verifyingContract", "type": "address"},
-                ],
-                "Permit": [
-                    {"name": "owner", "type": "address"},
-                    {"name": "spender", "type": "address"},
-                    {"name": "value", "type": "uint256"},
-                    {"name": "nonce", "type": "uint256"},
-                    {"name": "deadline", "type": "uint256"},
-                ],
-            },
-            "primaryType": "Permit",
-            "domain": {"name": name, "version": version, "chainId": int(chain_id),
-                       "verifyingContract": to_checksum_address(verifying)},
-            "message": {"owner": self.address, "spender": to_checksum_address(spender), "value": value,
-                        "nonce": nonce, "deadline": deadline},
-        }
-        sig = self._account.sign_message(encode_typed_data(full_message=typed))
-        return int(sig.v), int(sig.r).to_bytes(32, "big"), int(sig.s).to_bytes(32, "big")
+        return sign_permit(
+            self._account, token=domain[4], chain_id=int(domain[3]), spender=spender, value=value,
+            nonce=nonce, deadline=deadline, name=domain[1], version=domain[2],
+        )
 
     def pause(self) -> dict[str, Any]:
         return self.transact(self.registry.functions.pause(), "pause")

@@ -4,10 +4,10 @@ from __future__ import annotations
 import ape
 import pytest
 from eth_account import Account
-from eth_account.messages import encode_typed_data
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from crynux_common.permit import sign_permit
 from tests.conftest import CNX
 from tests.isolation import isolated
 
@@ -63,39 +63,11 @@ def test_mint_failsOverCap(token, owner, alice):
 
 
 def _permit_signature(token, owner_key, spender, value, nonce, deadline):
-    data = {
-        "types": {
-            "EIP712Domain": [
-                {"name": "name", "type": "string"},
-                {"name": "version", "type": "string"},
-                {"name": "chainId", "type": "uint256"},
-                {"name": "verifyingContract", "type": "address"},
-            ],
-            "Permit": [
-                {"name": "owner", "type": "address"},
-                {"name": "spender", "type": "address"},
-                {"name": "value", "type": "uint256"},
-                {"name": "nonce", "type": "uint256"},
-                {"name": "deadline", "type": "uint256"},
-            ],
-        },
-        "primaryType": "Permit",
-        "domain": {
-            "name": "Crynux",
-            "version": "1",
-            "chainId": ape.chain.chain_id,
-            "verifyingContract": token.address,
-        },
-        "message": {
-            "owner": Account.from_key(owner_key).address,
-            "spender": spender,
-            "value": value,
-            "nonce": nonce,
-            "deadline": deadline,
-        },
-    }
-    signed = Account.sign_message(encode_typed_data(full_message=data), owner_key)
-    return signed.v, signed.r.to_bytes(32, "big"), signed.s.to_bytes(32, "big")
+    """Signed with the clients' own permit code (crynux_common.permit), checked by the token."""
+    return sign_permit(
+        Account.from_key(owner_key), token=token.address, chain_id=ape.chain.chain_id,
+        spender=str(spender), value=value, nonce=nonce, deadline=deadline,
+    )
 
 
 @pytest.fixture

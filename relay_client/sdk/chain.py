@@ -15,6 +15,7 @@ from web3 import HTTPProvider, Web3
 from web3.exceptions import ContractCustomError, ContractLogicError, TimeExhausted
 
 from crynux_common.deployment import Deployment
+from crynux_common.permit import sign_permit
 
 from .errors import CrynuxError, TransactionFailed
 
@@ -132,14 +133,7 @@ class AppChain:
         """An EIP-2612 permit of the CNX token for `spender`: (v, r, s)."""
         _fields, name, version, chain_id, verifying, _salt, _ext = self.token.functions.eip712Domain().call()
         nonce = int(self.token.functions.nonces(self.address).call())
-        signed = self.account.sign_typed_data(
-            domain_data={"name": name, "version": version, "chainId": chain_id, "verifyingContract": verifying},
-            message_types={"Permit": [
-                {"name": "owner", "type": "address"}, {"name": "spender", "type": "address"},
-                {"name": "value", "type": "uint256"}, {"name": "nonce", "type": "uint256"},
-                {"name": "deadline", "type": "uint256"},
-            ]},
-            message_data={"owner": self.address, "spender": Web3.to_checksum_address(spender), "value": value,
-                          "nonce": nonce, "deadline": deadline},
+        return sign_permit(
+            self.account, token=verifying, chain_id=chain_id, spender=spender, value=value,
+            nonce=nonce, deadline=deadline, name=name, version=version,
         )
-        return int(signed.v), int(signed.r).to_bytes(32, "big"), int(signed.s).to_bytes(32, "big")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import ape
 import pytest
 from eth_account import Account
-from eth_account.messages import encode_typed_data
+from crynux_common.permit import sign_permit
 
 from crynux_common.enums import NodeStatus
 from tests.conftest import CNX
@@ -205,40 +205,11 @@ def test_rejoin_failsWithUnsettledTasks(registry, token, nodes, join, market):
 
 
 def _permit(token, key: str, spender: str, value: int, deadline: int):
-    holder = Account.from_key(key).address
-    data = {
-        "types": {
-            "EIP712Domain": [
-                {"name": "name", "type": "string"},
-                {"name": "version", "type": "string"},
-                {"name": "chainId", "type": "uint256"},
-                {"name": "verifyingContract", "type": "address"},
-            ],
-            "Permit": [
-                {"name": "owner", "type": "address"},
-                {"name": "spender", "type": "address"},
-                {"name": "value", "type": "uint256"},
-                {"name": "nonce", "type": "uint256"},
-                {"name": "deadline", "type": "uint256"},
-            ],
-        },
-        "primaryType": "Permit",
-        "domain": {
-            "name": "Crynux",
-            "version": "1",
-            "chainId": ape.chain.chain_id,
-            "verifyingContract": token.address,
-        },
-        "message": {
-            "owner": holder,
-            "spender": spender,
-            "value": value,
-            "nonce": token.nonces(holder),
-            "deadline": deadline,
-        },
-    }
-    signed = Account.sign_message(encode_typed_data(full_message=data), key)
-    return signed.v, signed.r.to_bytes(32, "big"), signed.s.to_bytes(32, "big")
+    holder = Account.from_key(key)
+    return sign_permit(
+        holder, token=token.address, chain_id=ape.chain.chain_id, spender=str(spender),
+        value=value, nonce=token.nonces(holder.address), deadline=deadline,
+    )
 
 
 @pytest.fixture
