@@ -34,7 +34,11 @@ contract NodeMining is INodeMining, AccessControl {
     uint256 public constant MAX_START_LAG = 1 days;
 
     /// @notice Fixed-point scale of the reward-per-unit-of-weight accumulator.
-    uint256 public constant ACC_PRECISION = 1e18;
+    /// @dev 1e36, not 1e18: each update credits a multiple of totalWeight / ACC_PRECISION wei,
+    ///      so with 1e18 a total weight near 2^100 lost ~1e-9 of a second's emission. With
+    ///      weights below 2^128 the granularity is under 341 wei, and the accumulator stays
+    ///      below pool * 1e36 < 2^212 whatever the time (no overflow).
+    uint256 public constant ACC_PRECISION = 1e36;
 
     /// @notice The token minted on claim (this contract must hold its MINTER_ROLE).
     CNXToken public immutable token;
