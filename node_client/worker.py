@@ -24,6 +24,7 @@ exit. A second signal exits immediately (the journal keeps everything needed).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -463,8 +464,11 @@ class Worker:
         if not reply.ok:
             self._engine_failed(reply.task_id, f"{reply.failure_kind}: {reply.failure}", restart=True)
             return
-        task = self.chain.get_task(reply.task_id)
-        self._record_result(entry, task, reply)
+        try:
+            task = self.chain.get_task(reply.task_id)
+            self._record_result(entry, task, reply)
+        except (ChainUnavailable, _Retry) as exc:  # the journal has the result: the loop retries
+            self._later(reply.task_id, str(exc))
 
     def _record_result(self, entry: JournalEntry, task: TaskInfo, reply: EngineReply) -> None:
         tid = entry.task_id
@@ -591,10 +595,14 @@ class Worker:
             return
         commit_s = time.monotonic() - t0
         _test_crash_point("commit_mined")
-        self.journal.advance(tid, Stage.COMMITTED, timings=self._timing(entry, commit_s=commit_s))
+        entry = self.journal.advance(tid, Stage.COMMITTED, timings=self._timing(entry, commit_s=commit_s))
         log.info("task %d [%s]: committed in block %d (%.2f s)", tid, entry.role.value,
                  receipt["blockNumber"], commit_s)
         self._wake.add(tid)
+        if entry.role == Role.EXECUTOR:
+            # Deliver at once (the application waits for it): the executor's commit moved the
+            # task to Committed, so the next pass's chain reads would tell nothing new.
+            self._step_committed(entry, dataclasses.replace(task, status=TaskStatus.COMMITTED))
 
     # --- COMMITTED / DELIVERED: upload, disclose, close ------------------------------------------
 

@@ -97,9 +97,11 @@ class TaskChain(Protocol):
         """The node's 32-byte result commitment for the task (zero bytes if none)."""
         ...
 
-    def attest_delivery(self, task_id: int, *, deadline: float | None = None) -> AttestResult:
+    def attest_delivery(self, task_id: int, *, deadline: float | None = None,
+                        on_sent: Callable[[str], None] | None = None) -> AttestResult:
         """Sends ``attestDelivery(taskId)`` with the relay's key and waits until it is mined,
-        retrying transient failures until ``deadline`` (unix time; None = a default).
+        retrying transient failures until ``deadline`` (unix time; None = a default);
+        ``on_sent(tx_hash)`` is called each time the chain accepts one of its transactions.
         Raises AttestRejected on a revert, ChainUnavailable when the deadline passes."""
         ...
 
@@ -441,7 +443,8 @@ class Web3TaskChain:
                 raise ChainUnavailable(f"{tx_hash} not mined within {timeout:.0f} s")
             self._sleep(self._poll)
 
-    def attest_delivery(self, task_id: int, *, deadline: float | None = None) -> AttestResult:
+    def attest_delivery(self, task_id: int, *, deadline: float | None = None,
+                        on_sent: Callable[[str], None] | None = None) -> AttestResult:
         if self._account is None:
             raise ChainError("the relay has no key: it cannot attest deliveries")
         end = deadline if deadline is not None else time.time() + self._attest_deadline
@@ -456,6 +459,8 @@ class Web3TaskChain:
                     return AttestResult(task_id, None, None, already_delivered=True)
                 tx_hash = self._send_attestation(task_id)
                 log.info("attestDelivery(%d) sent: %s", task_id, tx_hash)
+                if on_sent is not None:
+                    on_sent(tx_hash)
                 receipt = self._wait_receipt(tx_hash, max(1.0, min(self._receipt_timeout, end - time.time())))
                 block = int(receipt["blockNumber"], 16)
                 if int(receipt["status"], 16) != 1:

@@ -181,8 +181,11 @@ class RelayClient:
         r = self._request("POST", f"/v1/tasks/{task_id}/results", body, content_type)
         return Delivered.model_validate(r.json())
 
-    def get_results(self, task_id: int) -> ResultManifest:
-        return ResultManifest.model_validate(self._request("GET", f"/v1/tasks/{task_id}/results").json())
+    def get_results(self, task_id: int, wait: float = 0.0) -> ResultManifest:
+        """The manifest of the delivered files. With `wait` (seconds, at most 30) the relay holds
+        the request until the delivery is stored; RelayConflict if it is not by then."""
+        target = f"/v1/tasks/{task_id}/results" + (f"?wait={wait:g}" if wait > 0 else "")
+        return ResultManifest.model_validate(self._request("GET", target).json())
 
     def download_result(self, task_id: int, index: int, expected_sha256: str | None = None) -> bytes:
         r = self._request("GET", f"/v1/tasks/{task_id}/results/{index}")

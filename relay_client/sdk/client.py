@@ -38,7 +38,8 @@ from crynux_common.deployment import Deployment
 from crynux_common.enums import Outcome, TaskStatus, TaskType
 from crynux_common.schemas import ImageTaskArgs, TextTaskArgs, encode_task_args
 
-from ..client import RelayClient, RelayConflict, RelayError, RelayUnavailable
+from ..client import RelayClient, RelayConflict, RelayError, RelayNotFound, RelayUnavailable
+from ..server.schemas import ResultManifest
 from .chain import AppChain, TxRecord
 from .errors import (
     CrynuxError,
@@ -59,6 +60,7 @@ ZERO32 = b"\x00" * 32
 #: between estimate and inclusion; timeout() may settle an audit (slashes, payments).
 CREATE_GAS_FLOOR = 600_000
 TIMEOUT_GAS_FLOOR = 1_000_000
+_STEPS = [Phase.QUEUED, Phase.STARTED, Phase.COMMITTED, Phase.DELIVERED, Phase.SETTLED]
 _UNTIL = {"delivered": Phase.DELIVERED, "settled": Phase.SETTLED, "started": Phase.STARTED,
           "committed": Phase.COMMITTED}
 
@@ -72,6 +74,9 @@ class CrynuxClient:
     poll_interval: seconds between two reads of the task while waiting.
     relay_retry: seconds a relay call is retried while the relay is down or answers 5xx.
     progress: show a tqdm bar while waiting (when no `on_progress` callback is given).
+    results_wait: once the task has started, `wait` asks the relay for the results with this
+    long-polling window (seconds) instead of sleeping, so a delivery is seen the moment the
+    relay has verified and stored it, not when its attestation is mined and polled.
     """
 
     def __init__(
@@ -86,6 +91,7 @@ class CrynuxClient:
         relay_retry: float = 30.0,
         progress: bool = True,
         receipt_timeout: float = 120.0,
+        results_wait: float = 1.0,
     ) -> None:
         if isinstance(account, str):
             account = Account.from_key(account)
@@ -98,6 +104,7 @@ class CrynuxClient:
         self.use_permit = use_permit
         self.poll_interval = poll_interval
         self.relay_retry = relay_retry
+        self.results_wait = results_wait
         self.progress = progress
         self._task_fields = [c["name"] for c in next(
             i for i in self.chain.market.abi if i.get("name") == "getTask")["outputs"][0]["components"]]
@@ -282,7 +289,9 @@ class CrynuxClient:
         enforce_timeouts: bool = True,
     ) -> dict[str, Any]:
         """Waits for the task to be `delivered` (results downloadable; the default) or `settled`
-        (paid, after any audit). Returns the task info. Raises TaskAborted when it is refunded,
+        (paid, after any audit). Returns the task info; with `results_ready` True when the relay
+        served the verified results before the chain showed the delivery (the report's
+        `manifest` then holds the file list). Raises TaskAborted when it is refunded,
         cancelled or evicted, TaskTimeout after `timeout` seconds.
 
         With `enforce_timeouts`, a task whose on-chain deadline has passed is timed out by the
@@ -301,31 +310,19 @@ class CrynuxClient:
         start = time.perf_counter()
         base = report.timings.get("created_at", start) if report else start
         seen: Phase | None = None
-        steps = [Phase.QUEUED, Phase.STARTED, Phase.COMMITTED, Phase.DELIVERED, Phase.SETTLED]
         try:
             while True:
                 info = self.task(task_id)
                 status = info["status"]
                 phase = self._phase(info)
                 if phase != seen:
-                    now = time.perf_counter()
-                    if report is not None:
-                        for p in steps[: steps.index(phase) + 1] if phase in steps else []:
-                            report.phase_times.setdefault(p.value, now - base)
-                        report.executor = info["executor"] if int(info["executor"], 16) else None
-                    upd = Progress(task_id, phase, status, now - start,
-                                   info["executor"] if int(info["executor"], 16) else None)
-                    if on_progress is not None:
-                        on_progress(upd)
-                    if bar is not None and phase in steps:
-                        bar.n = steps.index(phase) + 1
-                        bar.set_postfix_str(phase.value)
+                    self._on_phase(report, info, phase, start, base, on_progress, bar)
                     seen = phase
                 if status.is_final and status != TaskStatus.SUCCESS:
                     if report is not None:
                         report.final_status = status
                     raise TaskAborted(task_id, status, self.outcome(task_id), self.refunded(task_id))
-                if phase in steps and steps.index(phase) >= steps.index(target):
+                if phase in _STEPS and _STEPS.index(phase) >= _STEPS.index(target):
                     if report is not None and status.is_final:
                         report.final_status = status
                     return info
@@ -333,10 +330,46 @@ class CrynuxClient:
                     raise TaskTimeout(task_id, target.value, time.perf_counter() - start, status)
                 if enforce_timeouts:
                     self._maybe_timeout(task_id, info)
+                if target == Phase.DELIVERED and phase in (Phase.STARTED, Phase.COMMITTED) and self.results_wait > 0:
+                    # Long-poll the relay instead of sleeping: it answers the moment it has
+                    # verified and stored the delivery (the attestation follows on-chain).
+                    left = timeout - (time.perf_counter() - start)
+                    manifest = self._poll_results(task_id, max(0.0, min(self.results_wait, left)))
+                    if manifest is not None:
+                        if report is not None:
+                            report.manifest = manifest
+                        self._on_phase(report, info, Phase.DELIVERED, start, base, on_progress, bar)
+                        return {**info, "results_ready": True}
+                    continue
                 time.sleep(self.poll_interval)
         finally:
             if bar is not None:
                 bar.close()
+
+    def _on_phase(self, report: TaskReport | None, info: dict[str, Any], phase: Phase, start: float, base: float,
+                  on_progress: Callable[[Progress], None] | None, bar: Any) -> None:
+        now = time.perf_counter()
+        executor = info["executor"] if int(info["executor"], 16) else None
+        if report is not None:
+            for p in _STEPS[: _STEPS.index(phase) + 1] if phase in _STEPS else []:
+                report.phase_times.setdefault(p.value, now - base)
+            report.executor = executor
+        if on_progress is not None:
+            on_progress(Progress(report.task_id if report else 0, phase, info["status"], now - start, executor))
+        if bar is not None and phase in _STEPS:
+            bar.n = _STEPS.index(phase) + 1
+            bar.set_postfix_str(phase.value)
+
+    def _poll_results(self, task_id: int, wait: float) -> ResultManifest | None:
+        """The relay's manifest if the delivery is (or becomes, within `wait` s) available."""
+        try:
+            return self.relay.get_results(task_id, wait=wait)
+        except (RelayConflict, RelayNotFound):  # not delivered yet / the relay's RPC lags a block
+            return None
+        except (httpx.TransportError, RelayUnavailable) as exc:
+            log.debug("task %d: relay not reachable while waiting: %s", task_id, exc)
+            time.sleep(self.poll_interval)
+            return None
 
     @staticmethod
     def _phase(info: dict[str, Any]) -> Phase:
@@ -381,10 +414,13 @@ class CrynuxClient:
 
     # --- results -----------------------------------------------------------------------------
 
-    def fetch_results(self, task_id: int, task_type: TaskType | int | None = None) -> ImageResult | TextResult:
+    def fetch_results(self, task_id: int, task_type: TaskType | int | None = None, *,
+                      manifest: ResultManifest | None = None) -> ImageResult | TextResult:
         """Downloads the delivered files and checks them against the score the relay verified
-        against the executor's commitment. PIL images for an image task, the dict for text."""
-        manifest = self._relay_call(lambda: self.relay.get_results(task_id), retry_conflict=True)
+        against the executor's commitment. PIL images for an image task, the dict for text.
+        `manifest`: the relay's file list when the caller has it already (`TaskReport.manifest`)."""
+        if manifest is None:
+            manifest = self._relay_call(lambda: self.relay.get_results(task_id), retry_conflict=True)
         files = [self._relay_call(lambda f=f: self.relay.download_result(task_id, f.index, f.sha256))
                  for f in manifest.files]
         tt = TaskType(int(task_type if task_type is not None else manifest.task_type))
@@ -439,7 +475,7 @@ class CrynuxClient:
     def _run(self, report: TaskReport, timeout: float, on_progress: Callable[[Progress], None] | None) -> TaskReport:
         self.wait(report, timeout=timeout, on_progress=on_progress)
         t = time.perf_counter()
-        report.result = self.fetch_results(report.task_id, report.task_type)
+        report.result = self.fetch_results(report.task_id, report.task_type, manifest=report.manifest)
         report.timings["download_s"] = time.perf_counter() - t
         report.phase_times["downloaded"] = time.perf_counter() - report.timings["created_at"]
         return report

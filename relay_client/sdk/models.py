@@ -10,6 +10,7 @@ from PIL import Image
 
 from crynux_common.enums import TaskStatus, TaskType
 
+from ..server.schemas import ResultManifest
 from .chain import TxRecord
 
 
@@ -103,3 +104,5 @@ class TaskReport:
     executor: str | None = None
     result: ImageResult | TextResult | None = None
     final_status: TaskStatus | None = None
+    #: The relay's manifest of the delivered files, once `wait` saw them (kept for the download).
+    manifest: ResultManifest | None = None

@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal
 
 from starlette.concurrency import run_in_threadpool
 
@@ -40,8 +40,11 @@ class Attestor:
         self._inflight: set[int] = set()
         self._lock = threading.Lock()
 
-    def attest(self, task_id: int, wait_s: float | None = None) -> AttestOutcome:
-        """One attestation attempt (blocking) of a stored delivery, recorded in the database."""
+    def attest(self, task_id: int, wait_s: float | None = None,
+               on_sent: Callable[[], None] | None = None) -> AttestOutcome:
+        """One attestation attempt (blocking) of a stored delivery, recorded in the database.
+        Once the chain accepts the transaction its hash is recorded (the results may be served
+        from then on) and `on_sent` is called."""
         with self._lock:
             if task_id in self._inflight:
                 return AttestOutcome("pending", error="an attestation of this task is in progress")
@@ -49,7 +52,8 @@ class Attestor:
         try:
             deadline = time.time() + (self._deadline_s if wait_s is None else wait_s)
             try:
-                result = self._chain.attest_delivery(task_id, deadline=deadline)
+                result = self._chain.attest_delivery(
+                    task_id, deadline=deadline, on_sent=lambda tx: self._sent(task_id, tx, on_sent))
             except AttestRejected as exc:
                 log.error("the market refused the delivery attestation of task %d: %s", task_id, exc)
                 self._repo.mark_attest_failed(task_id, str(exc))
@@ -69,6 +73,11 @@ class Attestor:
         finally:
             with self._lock:
                 self._inflight.discard(task_id)
+
+    def _sent(self, task_id: int, tx_hash: str, on_sent: Callable[[], None] | None) -> None:
+        self._repo.note_attest_sent(task_id, tx_hash)
+        if on_sent is not None:
+            on_sent()
 
     def retry_pending_once(self) -> int:
         """Attests every pending delivery once; returns how many are still pending."""

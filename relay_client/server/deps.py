@@ -2,7 +2,7 @@
 types, task lookup and hex helpers."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, AsyncIterator, Callable
 
 from fastapi import Depends, Path, Request
@@ -15,6 +15,7 @@ from .auth import Authenticator, Signer
 from .body import Body, read_body
 from .errors import ApiError, bad_request, chain_unavailable, not_found
 from .metrics import RelayMetrics
+from .notify import CreatorCache, DeliveryNotifier
 from .settings import RelaySettings
 
 MAX_DB_TASK_ID = 2**63 - 1
@@ -46,6 +47,8 @@ class RelayContext:
     auth: Authenticator
     metrics: RelayMetrics
     attestor: Attestor
+    deliveries: DeliveryNotifier = field(default_factory=DeliveryNotifier)
+    creators: CreatorCache = field(default_factory=CreatorCache)
 
 
 def ctx(request: Request) -> RelayContext:
@@ -96,6 +99,15 @@ async def load_task(c: RelayContext, task_id: int) -> TaskView:
     if task is None or task_id > MAX_DB_TASK_ID:
         raise not_found("unknown_task", f"the market has no task {task_id}")
     return task
+
+
+async def creator_of(c: RelayContext, task_id: int) -> str:
+    """The task's creator: read from the chain once, then from memory (it never changes)."""
+    creator = c.creators.get(task_id)
+    if creator is None:
+        creator = (await load_task(c, task_id)).creator
+        c.creators.put(task_id, creator)
+    return creator
 
 
 def hex0x(data: bytes) -> str:

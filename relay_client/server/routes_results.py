@@ -2,10 +2,12 @@
 download by the creator once delivered."""
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -15,10 +17,21 @@ from crynux_common.enums import TaskStatus
 from crynux_common.schemas import TaskType
 
 from ..chain import ChainUnavailable
-from ..storage import AlreadyDelivered, IncomingFile
+from ..storage import AlreadyDelivered, Delivery, IncomingFile, ResultFile
 from ..storage.store import sha256_file
 from .auth import Signer
-from .deps import SIGNED, ResultsUpload, SignedRead, TaskId, ctx, hex0x, load_task, parse_hex
+from .deps import (
+    SIGNED,
+    RelayContext,
+    ResultsUpload,
+    SignedRead,
+    TaskId,
+    creator_of,
+    ctx,
+    hex0x,
+    load_task,
+    parse_hex,
+)
 from .errors import (
     bad_request,
     chain_unavailable,
@@ -35,6 +48,10 @@ from .schemas import Attestation, Delivered, ResultFileInfo, ResultManifest
 log = logging.getLogger(__name__)
 
 FINAL_STATUSES = frozenset(int(st) for st in TaskStatus if st.is_final)
+#: The longest a results request may be held waiting for the delivery (long polling).
+MAX_RESULTS_WAIT_S = 30.0
+#: How often a held request re-reads the database (deliveries stored by another process).
+DELIVERY_RECHECK_S = 0.5
 
 router = APIRouter()
 
@@ -143,7 +160,11 @@ async def post_results(request: Request, task_id: TaskId, signed: ResultsUpload)
         for up in uploads:
             await up.close()
 
-    outcome = await run_in_threadpool(c.attestor.attest, task_id, s.attest_wait_s)
+    loop = asyncio.get_running_loop()
+    outcome = await run_in_threadpool(
+        c.attestor.attest, task_id, s.attest_wait_s, lambda: loop.call_soon_threadsafe(c.deliveries.notify, task_id)
+    )
+    c.deliveries.notify(task_id)
     files = await run_in_threadpool(c.store.repo.result_files, task_id)
     out = Delivered(
         task_id=task_id, node=signer.address, task_type=task.task_type, score=delivery.score,
@@ -157,30 +178,62 @@ async def post_results(request: Request, task_id: TaskId, signed: ResultsUpload)
     return JSONResponse(out.model_dump(), status_code=202 if outcome.state == "pending" else 201)
 
 
-async def _delivered_for_creator(request: Request, task_id: int, signer: Signer):  # type: ignore[no-untyped-def]
-    c = ctx(request)
-    task = await load_task(c, task_id)
-    if signer.lower != task.creator.lower():
-        raise forbidden(f"{signer.address} is not the creator of task {task_id}")
+async def _ready_delivery(c: RelayContext, task_id: int) -> Delivery | None:
+    """The task's delivery once it may be served: stored after the relay recomputed its score
+    and matched the executor's on-chain commitment, and its attestation accepted by the chain
+    (sent, perhaps not mined yet: the application gets its result at step 5 of the lifecycle,
+    not a block later). An attestation not sent (the relay lacks RELAY_ROLE, the RPC is down)
+    or refused by the market: served only once the chain counts the task delivered."""
     delivery = await run_in_threadpool(c.store.repo.get_delivery, task_id)
-    if delivery is None or not (delivery.attested or task.delivered):
-        raise conflict("not_delivered", f"task {task_id} has no attested delivery yet")
+    if delivery is None:
+        return None
+    if delivery.attested or (delivery.attest_tx is not None and not delivery.attest_failed):
+        return delivery
+    return delivery if (await load_task(c, task_id)).delivered else None
+
+
+async def _delivered_for_creator(
+    request: Request, task_id: int, signer: Signer, wait_s: float = 0.0
+) -> tuple[RelayContext, Delivery, list[ResultFile]]:
+    c = ctx(request)
+    creator = await creator_of(c, task_id)
+    if signer.lower != creator.lower():
+        raise forbidden(f"{signer.address} is not the creator of task {task_id}")
+    delivery = await _ready_delivery(c, task_id)
+    if delivery is None and wait_s > 0:
+        deadline = time.monotonic() + wait_s
+        while delivery is None and (left := deadline - time.monotonic()) > 0:
+            # Woken by this process's upload route; the periodic re-read covers deliveries
+            # stored by another relay process sharing the database.
+            await c.deliveries.wait(task_id, min(left, DELIVERY_RECHECK_S))
+            delivery = await _ready_delivery(c, task_id)
+    if delivery is None:
+        raise conflict("not_delivered", f"task {task_id} has no verified delivery yet")
     files = await run_in_threadpool(c.store.repo.result_files, task_id)
-    return c, task, delivery, files
+    return c, delivery, files
 
 
 @router.get(
     "/v1/tasks/{task_id}/results",
     response_model=ResultManifest,
     summary="List a task's delivered result files (its creator only)",
+    description=(
+        "Available as soon as the relay has verified and stored the executor's delivery and the "
+        "chain has accepted its attestation `attest_tx` (perhaps not mined yet). With `wait`, "
+        "an undelivered task's request is held up to that many seconds and answered the moment "
+        "the delivery is stored (long polling); 409 `not_delivered` if it is not by then."
+    ),
     responses=responses(401, 403, 404, 409, 503),
     openapi_extra=SIGNED,
     tags=["results"],
 )
-async def get_results(request: Request, task_id: TaskId, signed: SignedRead) -> ResultManifest:
-    _c, task, delivery, files = await _delivered_for_creator(request, task_id, signed.signer)
+async def get_results(
+    request: Request, task_id: TaskId, signed: SignedRead,
+    wait: Annotated[float, Query(ge=0, le=MAX_RESULTS_WAIT_S, description="seconds to wait for the delivery")] = 0.0,
+) -> ResultManifest:
+    _c, delivery, files = await _delivered_for_creator(request, task_id, signed.signer, wait)
     return ResultManifest(
-        task_id=task_id, task_type=task.task_type, node=delivery.node, score=delivery.score,
+        task_id=task_id, task_type=delivery.task_type, node=delivery.node, score=delivery.score,
         files=[ResultFileInfo(index=f.idx, name=f.name, content_type=f.content_type, size=f.size, sha256=f.sha256)
                for f in files],
         total_size=delivery.total_size, attest_tx=delivery.attest_tx,
@@ -198,7 +251,7 @@ async def get_results(request: Request, task_id: TaskId, signed: SignedRead) -> 
 async def get_result_file(
     request: Request, task_id: TaskId, index: Annotated[int, Path(ge=0, le=10_000)], signed: SignedRead
 ) -> Response:
-    c, _task_view, _delivery, files = await _delivered_for_creator(request, task_id, signed.signer)
+    c, _delivery, files = await _delivered_for_creator(request, task_id, signed.signer)
     if index >= len(files):
         raise not_found("no_such_file", f"task {task_id} has {len(files)} result files")
     f = files[index]

@@ -240,6 +240,12 @@ class Repository:
             )
             s.commit()
 
+    def note_attest_sent(self, task_id: int, tx_hash: str) -> None:
+        """Records the attestation transaction the chain accepted (mined or not yet)."""
+        with self._session() as s:
+            s.execute(update(DeliveryRow).where(DeliveryRow.task_id == task_id).values(attest_tx=tx_hash))
+            s.commit()
+
     def note_attest_error(self, task_id: int, error: str) -> None:
         """Remembers the last transient error of a still-pending attestation."""
         with self._session() as s:

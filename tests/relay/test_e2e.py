@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -95,6 +96,34 @@ def test_imageTask_argsResultsAndAttestation(network: Network, relay_proc: Relay
     manifest = creator.get_results(task_id)
     assert manifest.attest_tx == delivered.attestation.tx_hash and manifest.node.lower() == executor.address.lower()
     assert creator.download_results(task_id) == [f.data for f in files]
+
+
+def test_results_servedBeforeTheAttestationIsMined(network: Network, relay_proc: RelayProcess):
+    """A held results request is answered the moment the verified delivery is stored; the
+    creator downloads while the attestation still waits for a block."""
+    from ape import chain
+
+    c = committed_image_task(network, relay_proc, 1)
+    creator = client(relay_proc, network, network.creator)
+    held = ThreadPoolExecutor(2)
+    waiting = held.submit(creator.get_results, c.task_id, 20.0)
+    time.sleep(0.3)
+    assert not waiting.done()
+    rpc = chain.provider.web3.provider.make_request
+    rpc("evm_setAutomine", [False])
+    try:
+        upload = held.submit(client(relay_proc, network, c.executor).upload_results, c.task_id, c.files, c.score,
+                             c.salt)
+        manifest = waiting.result(timeout=15)
+        assert manifest.attest_tx and not upload.done()  # the attestation is sent, not mined
+        assert creator.download_results(c.task_id) == [f.data for f in c.files]
+        assert not network.task(c.task_id).delivered
+    finally:
+        rpc("evm_setAutomine", [True])
+        chain.mine(1)
+    assert upload.result(timeout=60).attestation.state == "mined"
+    assert network.task(c.task_id).delivered
+    held.shutdown()
 
 
 def test_textTask_deliversCanonicalJson(network: Network, relay_proc: RelayProcess):
@@ -310,6 +339,20 @@ def _case_results_download_before_delivery(network, relay, c):
     return send(relay, "GET", target, b"", signed(network.creator, network, "GET", target))
 
 
+def _case_results_wait_before_delivery(network, relay, c):
+    """A held request that sees no delivery within its window still answers 409, not later."""
+    target = f"/v1/tasks/{c.task_id}/results?wait=0.5"
+    t0 = time.monotonic()
+    r = send(relay, "GET", target, b"", signed(network.creator, network, "GET", target))
+    assert 0.5 <= time.monotonic() - t0 < 10
+    return r
+
+
+def _case_results_wait_too_long(network, relay, c):
+    target = f"/v1/tasks/{c.task_id}/results?wait=31"
+    return send(relay, "GET", target, b"", signed(network.creator, network, "GET", target))
+
+
 def _case_result_file_before_delivery(network, relay, c):
     target = f"/v1/tasks/{c.task_id}/results/0"
     return send(relay, "GET", target, b"", signed(network.creator, network, "GET", target))
@@ -403,6 +446,8 @@ BAD_REQUESTS: list[tuple[str, Callable[..., httpx.Response], int, str]] = [
     ("results from a node not the executor", _case_results_wrong_signer, 403, "forbidden"),
     ("results download by another app", _case_results_download_other_app, 403, "forbidden"),
     ("results download before delivery", _case_results_download_before_delivery, 409, "not_delivered"),
+    ("results held 0.5 s, no delivery", _case_results_wait_before_delivery, 409, "not_delivered"),
+    ("results wait over 30 s", _case_results_wait_too_long, 422, "invalid_request"),
     ("result file before delivery", _case_result_file_before_delivery, 409, "not_delivered"),
     ("arguments of an unknown task", _case_unknown_task_args, 404, "unknown_task"),
     ("results of an unknown task", _case_unknown_task_results, 404, "unknown_task"),
