@@ -464,7 +464,8 @@ class CrynuxClient:
 
     def generate_image(self, args: ImageTaskArgs | dict[str, Any], fee: int, *, timeout: float = 600.0,
                        on_progress: Callable[[Progress], None] | None = None, **kw: Any) -> TaskReport:
-        """submit_image + wait (delivered) + fetch_results; `report.result.images` are PIL images."""
+        """submit_image + wait (delivered) + fetch_results; `report.result.images` are PIL images.
+        A task still queued after `timeout` is cancelled (refund) and TaskTimeout raised."""
         return self._run(self.submit_image(args, fee, **kw), timeout, on_progress)
 
     def generate_text(self, args: TextTaskArgs | dict[str, Any], fee: int, *, timeout: float = 600.0,
@@ -473,7 +474,18 @@ class CrynuxClient:
         return self._run(self.submit_text(args, fee, **kw), timeout, on_progress)
 
     def _run(self, report: TaskReport, timeout: float, on_progress: Callable[[Progress], None] | None) -> TaskReport:
-        self.wait(report, timeout=timeout, on_progress=on_progress)
+        try:
+            self.wait(report, timeout=timeout, on_progress=on_progress)
+        except TaskTimeout as exc:
+            if exc.status != TaskStatus.QUEUED:
+                raise  # running: its own deadlines end it (refund on timeout)
+            # No node took it in time: get the fee back rather than leave it escrowed.
+            try:
+                self.cancel(report.task_id)
+            except TransactionFailed:  # started meanwhile (WrongStatus): leave it running
+                raise exc from None
+            report.final_status = TaskStatus.CANCELLED
+            raise TaskTimeout(exc.task_id, exc.phase, exc.waited, exc.status, cancelled=True) from None
         t = time.perf_counter()
         report.result = self.fetch_results(report.task_id, report.task_type, manifest=report.manifest)
         report.timings["download_s"] = time.perf_counter() - t

@@ -50,14 +50,18 @@ class TaskAborted(CrynuxError):
 
 
 class TaskTimeout(CrynuxError):
-    """The task did not reach the awaited phase within the SDK's wait time (it may still do so)."""
+    """The task did not reach the awaited phase within the SDK's wait time (it may still do so,
+    unless `cancelled`: a task still queued is cancelled by `generate_*`, its fee refunded)."""
 
-    def __init__(self, task_id: int, phase: str, waited: float, status: TaskStatus) -> None:
-        super().__init__(f"task {task_id}: not {phase} after {waited:.0f} s (status {status.name})")
+    def __init__(self, task_id: int, phase: str, waited: float, status: TaskStatus,
+                 cancelled: bool = False) -> None:
+        what = "; cancelled while queued, fee refunded" if cancelled else ""
+        super().__init__(f"task {task_id}: not {phase} after {waited:.0f} s (status {status.name}){what}")
         self.task_id = task_id
         self.phase = phase
         self.waited = waited
         self.status = status
+        self.cancelled = cancelled
 
 
 class RelayUnreachable(CrynuxError):

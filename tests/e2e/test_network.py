@@ -11,7 +11,14 @@ import pytest
 
 from crynux_common import scores
 from crynux_common.enums import NodeStatus, Outcome, TaskStatus, TaskType
-from relay_client.sdk import ImageResult, InsufficientBalance, TaskAborted, TextResult, TransactionFailed
+from relay_client.sdk import (
+    ImageResult,
+    InsufficientBalance,
+    TaskAborted,
+    TaskTimeout,
+    TextResult,
+    TransactionFailed,
+)
 
 from .conftest import CHEAT, CNX, E2E, HONEST, VRAM
 
@@ -73,6 +80,17 @@ def test_queuedTask_cancelled_refundedAndTyped(e2e: E2E) -> None:
     with pytest.raises(TransactionFailed) as failed:
         e2e.client.cancel(rep.task_id)
     assert failed.value.error == "WrongStatus"
+
+
+def test_generate_queuedPastTimeout_cancelledAndRefunded(e2e: E2E) -> None:
+    """No node can take the task: generate_* gives up after its timeout and gets the fee back
+    instead of leaving it escrowed in the queue."""
+    before = e2e.client.balance()
+    with pytest.raises(TaskTimeout) as timed_out:
+        e2e.client.generate_image(e2e.image(52), 2 * CNX, required_gpu="NO-SUCH-GPU", min_vram=VRAM, timeout=1)
+    assert timed_out.value.cancelled and timed_out.value.status == TaskStatus.QUEUED
+    assert e2e.client.task(timed_out.value.task_id)["status"] == TaskStatus.CANCELLED
+    assert e2e.client.balance() == before
 
 
 def test_applicationWithoutCnx_insufficientBalance(e2e: E2E) -> None:
