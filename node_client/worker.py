@@ -415,12 +415,20 @@ class Worker:
                  TaskType(task.task_type).name.lower(), entry.failures + 1)
 
     def _fetch(self, entry: JournalEntry, task: TaskInfo) -> _Fetched | None:
-        from relay_client.client import IntegrityError, RelayError
+        from relay_client.client import IntegrityError, RelayError, RelayGone
 
         tid = entry.task_id
         t0 = time.monotonic()
         try:
             args = self.relay.get_task_args(tid, expected_hash=task.args_hash)
+        except RelayGone as exc:
+            # The creator never uploaded them: like invalid arguments, the error score (the
+            # relay tells every node of the task the same, so auditors agree).
+            self._record_result(entry, task, EngineReply(
+                task_id=tid, ok=True, files=[], score=scores.ERROR_SCORE,
+                error=f"the task's arguments never reached the relay ({exc.detail})",
+            ))
+            return None
         except IntegrityError as exc:
             raise _Retry(f"the relay served arguments that do not match the on-chain argsHash ({exc})") from exc
         except RelayError as exc:

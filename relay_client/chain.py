@@ -70,6 +70,7 @@ class TaskView:
     auditors: tuple[str, ...]
     delivered: bool
     drawn: bool
+    start_time: int = 0  # when the executor was assigned (0: queued)
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def is_assigned(self, node: str) -> bool:
@@ -107,6 +108,10 @@ class TaskChain(Protocol):
 
     def stats(self) -> dict[str, int]:
         """Public numbers read from the chain (block number, task count ...)."""
+        ...
+
+    def chain_time(self) -> int:
+        """The timestamp of the latest block. Raises ChainUnavailable."""
         ...
 
     @property
@@ -344,6 +349,7 @@ class Web3TaskChain:
             auditors=tuple(to_checksum_address(a) for a in auditors),
             delivered=bool(fields.get("delivered", False)),
             drawn=bool(fields.get("drawn", False)),
+            start_time=int(fields.get("start_time", 0)),
             raw=fields,
         )
 
@@ -384,6 +390,13 @@ class Web3TaskChain:
             except Exception as exc:
                 log.debug("stat countsByStatus failed: %s", exc)
         return out
+
+    def chain_time(self) -> int:
+        try:
+            block = self._rpc("eth_getBlockByNumber", ["latest", False])
+        except ValueError as exc:
+            raise ChainUnavailable(f"cannot read the latest block: {exc}") from exc
+        return int(block["timestamp"], 16)
 
     def has_relay_role(self) -> bool | None:
         """Whether the relay's key holds RELAY_ROLE (None when the market cannot tell)."""

@@ -45,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--signature-window", type=int, default=60, help="accepted clock skew, seconds")
     serve.add_argument("--attest-wait", type=float, default=30.0,
                        help="seconds an upload waits for its attestation to be mined before answering 202")
+    serve.add_argument("--args-grace", type=float, default=30.0,
+                       help="seconds after a task's start (chain time) its creator may still upload the "
+                            "arguments; later its nodes are told they never came (410) and commit the "
+                            "error score")
     serve.add_argument("--gc-grace", type=float, default=0.0,
                        help="only delete unreferenced blobs older than this at startup (shared stores)")
     serve.add_argument("--log-level", default="info")
@@ -88,7 +92,8 @@ def serve(args: argparse.Namespace) -> int:
     except Exception as exc:  # the chain may be down at startup; the relay serves anyway
         log.warning("cannot check RELAY_ROLE now: %s", exc)
     settings = RelaySettings(
-        signature_window_s=args.signature_window, attest_wait_s=args.attest_wait, gc_grace_s=args.gc_grace
+        signature_window_s=args.signature_window, attest_wait_s=args.attest_wait, gc_grace_s=args.gc_grace,
+        args_grace_s=args.args_grace,
     )
     app = create_app(chain, Store(repo, blobs), settings)
     log.info(

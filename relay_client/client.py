@@ -52,6 +52,10 @@ class RelayConflict(RelayError):
     """409: not in a state that allows this (not delivered yet, already delivered, not committed)."""
 
 
+class RelayGone(RelayError):
+    """410: gone for good (a task's arguments that its creator never uploaded in time)."""
+
+
 class RelayTooLarge(RelayError):
     """413: over a size limit."""
 
@@ -69,8 +73,8 @@ class IntegrityError(Exception):
 
 
 _BY_STATUS: dict[int, type[RelayError]] = {
-    401: RelayAuthError, 403: RelayForbidden, 404: RelayNotFound, 409: RelayConflict, 413: RelayTooLarge,
-    422: RelayRejected,
+    401: RelayAuthError, 403: RelayForbidden, 404: RelayNotFound, 409: RelayConflict, 410: RelayGone,
+    413: RelayTooLarge, 422: RelayRejected,
 }
 
 

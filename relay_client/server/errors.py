@@ -43,6 +43,10 @@ def conflict(code: str, detail: str) -> ApiError:
     return ApiError(409, code, detail)
 
 
+def gone(code: str, detail: str) -> ApiError:
+    return ApiError(410, code, detail)
+
+
 def too_large(detail: str) -> ApiError:
     return ApiError(413, "too_large", detail)
 
@@ -68,6 +72,7 @@ def responses(*statuses: int) -> dict[int | str, dict[str, object]]:
     text = {
         400: "Malformed request", 401: "Missing, bad, expired or replayed signature",
         403: "Signer not allowed", 404: "Unknown task or data", 409: "Not in a state that allows this",
+        410: "Gone for good (e.g. arguments never uploaded in time)",
         413: "Body over the size limit (nothing stored)", 422: "Content does not match its hash, score or commitment",
         503: "Chain unreachable",
     }

@@ -10,8 +10,9 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from ..chain import ChainUnavailable
 from .deps import SIGNED, ArgsHash, ArgsUpload, SignedRead, TaskId, ctx, hex0x, load_task
-from .errors import bad_request, forbidden, not_found, responses, unprocessable
+from .errors import bad_request, chain_unavailable, forbidden, gone, not_found, responses, unprocessable
 from .schemas import ArgsStored
 
 log = logging.getLogger(__name__)
@@ -83,11 +84,15 @@ async def get_own_args(request: Request, args_hash: ArgsHash, signed: SignedRead
     summary="Download a task's arguments (its executor or auditors only)",
     description=(
         "Serves the arguments whose keccak256 is the task's on-chain argsHash, as uploaded by the "
-        "task's creator, to a node the chain assigned to the task (executor or auditor)."
+        "task's creator, to a node the chain assigned to the task (executor or auditor). 404 "
+        "`args_not_uploaded` while the creator may still upload them; 410 `args_missing` for good "
+        "once the task has run `args_grace_s` (30 s) of chain time without them: its nodes then "
+        "commit the error score, so a creator who never uploads pays the fee instead of costing "
+        "the executor its QoS, and arguments uploaded later are not served for that task."
     ),
     responses={
         200: {"content": {"application/json": {}}, "description": "The arguments, byte for byte"},
-        **responses(401, 403, 404, 503),
+        **responses(401, 403, 404, 410, 503),
     },
     openapi_extra=SIGNED,
     tags=["arguments"],
@@ -99,8 +104,20 @@ async def get_task_args(request: Request, task_id: TaskId, signed: SignedRead) -
     if not task.is_assigned(signer.address):
         raise forbidden(f"{signer.address} is not assigned to task {task_id}")
     args_hash = hex0x(task.args_hash)
-    record = await run_in_threadpool(c.store.repo.get_args, args_hash, task.creator)
+    repo = c.store.repo
+    if await run_in_threadpool(repo.args_missing, task_id):
+        raise gone("args_missing", f"the creator of task {task_id} did not upload {args_hash} in time")
+    record = await run_in_threadpool(repo.get_args, args_hash, task.creator)
     if record is None:
+        try:
+            now = await run_in_threadpool(c.chain.chain_time)
+        except ChainUnavailable as exc:
+            raise chain_unavailable(str(exc)) from exc
+        if task.start_time and now > task.start_time + c.settings.args_grace_s:
+            await run_in_threadpool(repo.mark_args_missing, task_id)
+            log.warning("task %d: its creator never uploaded %s; its nodes will commit the error score",
+                        task_id, args_hash)
+            raise gone("args_missing", f"the creator of task {task_id} did not upload {args_hash} in time")
         raise not_found("args_not_uploaded", f"the creator of task {task_id} has not uploaded {args_hash}")
     data = await run_in_threadpool(c.store.load_args, record)
     c.metrics.served_bytes.labels("args").inc(len(data))

@@ -22,4 +22,8 @@ class RelaySettings(BaseModel):
     attest_wait_s: float = Field(30.0, ge=0, description="how long an upload waits for its attestation")
     attest_retry_interval_s: float = Field(5.0, gt=0, description="period of the pending-attestation worker")
     attest_deadline_s: float = Field(120.0, gt=0, description="one attestation attempt's deadline")
+    args_grace_s: float = Field(
+        30.0, ge=0, description="how long after a task starts (chain time) its arguments may still be "
+        "uploaded; later, the task is marked as having none and its nodes commit the error score",
+    )
     gc_grace_s: float = Field(0.0, ge=0, description="min age of an unreferenced blob deleted at startup")

@@ -44,6 +44,15 @@ class DeliveryRow(Base):
     attested_at: Mapped[float | None] = mapped_column(Float(precision=53), nullable=True)
 
 
+class MissingArgsRow(Base):
+    """A started task whose creator had not uploaded its arguments when its grace period
+    ended: the relay answers 410 for its arguments from then on, to every node alike."""
+
+    __tablename__ = "missing_args"
+    task_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    marked_at: Mapped[float] = mapped_column(Float(precision=53))
+
+
 class ResultFileRow(Base):
     """One file of a delivery, in order."""
 

@@ -11,7 +11,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from .models import ArgsRow, Base, DeliveryRow, ResultFileRow, SeenRequestRow
+from .models import ArgsRow, Base, DeliveryRow, MissingArgsRow, ResultFileRow, SeenRequestRow
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +163,19 @@ class Repository:
         with self._session() as s:
             row = s.get(ArgsRow, (args_hash.lower(), uploader.lower()))
             return _args(row) if row else None
+
+    def mark_args_missing(self, task_id: int) -> None:
+        """Records for good that the task's arguments never came (idempotent)."""
+        with self._session() as s:
+            s.add(MissingArgsRow(task_id=task_id, marked_at=time.time()))
+            try:
+                s.commit()
+            except IntegrityError:
+                s.rollback()
+
+    def args_missing(self, task_id: int) -> bool:
+        with self._session() as s:
+            return s.get(MissingArgsRow, task_id) is not None
 
     def args_uploaders(self, args_hash: str) -> list[str]:
         with self._session() as s:

@@ -227,11 +227,13 @@ class Network:
     def create_task(
         self, args: bytes, gpu: str, *, task_type: TaskType = TaskType.IMAGE, num_images: int = 1,
         models: list[str] | None = None, fee: int = 10 * CNX, always_audit: bool = False,
+        upload_args: bool = True,
     ) -> int:
         from relay_client.client import RelayClient
 
-        with RelayClient(self.relay_url, self.creator_key) as relay:
-            relay.put_args(args)
+        if upload_args:
+            with RelayClient(self.relay_url, self.creator_key) as relay:
+                relay.put_args(args)
         if models is None:
             models = ["base:tiny-sd"] if task_type == TaskType.IMAGE else ["base:tiny-gpt2"]
         req = (int(task_type), keccak(args), [keccak(text=m) for m in models], VRAM, keccak(text=gpu),

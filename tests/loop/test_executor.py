@@ -114,6 +114,25 @@ def test_argumentsNamingOtherModels_areInvalid(net: Network, node: NodeProc) -> 
     assert "not the models the task declares" in (entry.note or "")
 
 
+def test_argumentsNeverUploaded_errorScoreAfterTheGrace_creatorPays(net: Network, node: NodeProc) -> None:
+    """A creator who never uploads the arguments does not cost the node a timeout (QoS 0):
+    once the relay's 30 s grace (chain time) is over it answers 410 and the node commits the
+    error score; the task succeeds and the fee is paid."""
+    from ape import chain
+
+    before = net.token.balanceOf(net.creator)
+    task_id = net.create_task(image_args(43), GPU, upload_args=False)
+    wait_for(lambda: "has not uploaded" in node.current_log(), 60, "the node to ask for the arguments", [node])
+    assert net.status(task_id) == TaskStatus.STARTED  # still waiting for them
+    chain.mine(1, timestamp=chain.pending_timestamp + 31)
+    assert net.wait_final(task_id, TIMEOUT, [node]) == TaskStatus.SUCCESS
+    entry = node.entry(task_id)
+    assert entry is not None and entry.score == scores.ERROR_SCORE
+    assert "never reached the relay" in (entry.note or "")
+    assert [int(e.outcome) for e in net.events("TaskSettled", task_id)] == [Outcome.SUCCESS]
+    assert net.token.balanceOf(net.creator) == before - 10 * CNX
+
+
 def test_inferenceFailure_restartsEngine_commitsNothing_andTimesOut(net: Network, node: NodeProc) -> None:
     from ape import chain
 

@@ -26,6 +26,7 @@ from relay_client.client import (
     RelayClient,
     RelayConflict,
     RelayForbidden,
+    RelayGone,
     RelayNotFound,
     ResultUpload,
     encode_multipart,
@@ -564,3 +565,26 @@ def test_deliveryForAClosedTask_isConflict(network: Network, relay_proc: RelayPr
     response = post_results(relay_proc, network, c)
     assert response.status_code == 409 and response.json()["error"] == "task_closed"
     assert snapshot(network, relay_proc, [c.task_id]) == before
+
+
+def test_argsNeverUploaded_goneForGoodAfterTheGrace(network: Network, relay_proc: RelayProcess):
+    """Arguments missing 30 s (chain time) after the start: 410 to every node of the task,
+    even once the creator uploads them; the executor delivers the error score."""
+    args = image_args(network.next_seed(), 1)
+    task_id = network.create_task(args, num_images=1)  # never uploaded
+    executor = network.executor(task_id)
+    node = client(relay_proc, network, executor)
+    with pytest.raises(RelayNotFound) as early:
+        node.get_task_args(task_id)
+    assert early.value.code == "args_not_uploaded"
+    network.chain_sleep(31)
+    with pytest.raises(RelayGone) as gone:
+        node.get_task_args(task_id)
+    assert gone.value.code == "args_missing"
+    client(relay_proc, network, network.creator).put_args(args)
+    with pytest.raises(RelayGone):
+        node.get_task_args(task_id)  # for good: auditors get the same answer as the executor
+    salt = scores.new_salt()
+    network.commit(task_id, executor, scores.ERROR_SCORE, salt)
+    out = node.upload_results(task_id, [], scores.ERROR_SCORE, salt)
+    assert out.attestation.state == "mined" and network.task(task_id).delivered
