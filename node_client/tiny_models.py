@@ -232,65 +232,47 @@ def _bpe_tokenizer(special_tokens: list[str], vocab_size: int = 384) -> Any:
     return tok
 
 
-def build_tiny_gpt2(folder: Path, seed: int = DEFAULT_SEED) -> None:
-    """GPT-2 (hidden 64, 2 layers); its tokenizer has no chat template."""
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+def _tokenizer(specials: list[str], bos: str, eos: str, pad: str) -> Any:
+    from transformers import PreTrainedTokenizerFast
 
-    eos = "<|endoftext|>"
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=_bpe_tokenizer([eos]),
-        bos_token=eos,
-        eos_token=eos,
-        pad_token=eos,
-        model_max_length=512,
+    return PreTrainedTokenizerFast(
+        tokenizer_object=_bpe_tokenizer(specials), bos_token=bos, eos_token=eos, pad_token=pad, model_max_length=512,
     )
-    torch.manual_seed(seed)
-    config = GPT2Config(
-        vocab_size=len(tokenizer),
-        n_positions=512,
-        n_embd=64,
-        n_layer=2,
-        n_head=2,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    model = GPT2LMHeadModel(config)
+
+
+def _save_causal_lm(folder: Path, tokenizer: Any, model: Any) -> None:
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     tokenizer.save_pretrained(folder)
     model.save_pretrained(folder, safe_serialization=True)
+
+
+def build_tiny_gpt2(folder: Path, seed: int = DEFAULT_SEED) -> None:
+    """GPT-2 (hidden 64, 2 layers); its tokenizer has no chat template."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    eos = "<|endoftext|>"
+    tokenizer = _tokenizer([eos], eos, eos, eos)
+    torch.manual_seed(seed)
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_positions=512, n_embd=64, n_layer=2, n_head=2,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    _save_causal_lm(folder, tokenizer, GPT2LMHeadModel(config))
 
 
 def build_tiny_llama(folder: Path, seed: int = DEFAULT_SEED) -> None:
     """Llama (hidden 64, 2 layers, GQA); its tokenizer carries a chat template."""
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    specials = ["<s>", "</s>", "<pad>"]
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=_bpe_tokenizer(specials),
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-        model_max_length=512,
-    )
+    tokenizer = _tokenizer(["<s>", "</s>", "<pad>"], "<s>", "</s>", "<pad>")
     tokenizer.chat_template = _LLAMA_CHAT_TEMPLATE
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
-    model = LlamaForCausalLM(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    tokenizer.save_pretrained(folder)
-    model.save_pretrained(folder, safe_serialization=True)
+    _save_causal_lm(folder, tokenizer, LlamaForCausalLM(config))
 
 
 # --- registry -----------------------------------------------------------------------

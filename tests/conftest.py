@@ -52,3 +52,13 @@ def bob(accounts):
 @pytest.fixture(scope="session")
 def token(project, owner, treasury):
     return owner.deploy(project.CNXToken, owner, treasury)
+
+
+@pytest.fixture(scope="session")
+def rpc_url(chain) -> str:  # type: ignore[no-untyped-def]
+    """The JSON-RPC URL of the Anvil that ape-foundry started for this session (for the
+    relay, node and SDK processes and clients that tests start beside Ape)."""
+    provider = chain.provider
+    uri = getattr(provider, "uri", None) or provider.web3.provider.endpoint_uri
+    assert uri and uri.startswith("http"), f"unexpected provider URI {uri!r}"
+    return str(uri)

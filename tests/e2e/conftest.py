@@ -20,6 +20,8 @@ import pytest
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
+from tests.deployed import DeployedContracts
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
@@ -39,7 +41,7 @@ E2E_PARAMS = {
 
 
 @dataclass
-class E2E:
+class E2E(DeployedContracts):
     """A deployed network, its processes and a funded application with the SDK."""
 
     contracts: dict[str, Any]
@@ -49,18 +51,6 @@ class E2E:
     owner: Any
     treasury: Any
     groups: dict[str, list[Any]] = field(default_factory=dict)
-
-    @property
-    def market(self) -> Any:
-        return self.contracts["TaskMarket"]
-
-    @property
-    def registry(self) -> Any:
-        return self.contracts["NodeRegistry"]
-
-    @property
-    def token(self) -> Any:
-        return self.contracts["CNXToken"]
 
     def fund(self, address: str, cnx: int) -> None:
         self.owner.transfer(address, 10 * ETH)
@@ -97,14 +87,6 @@ class E2E:
         for p in sorted(self.net.logs_dir.glob("*.log")):
             parts.append(f"--- {p.name} ---\n{p.read_text(errors='replace')[-2500:]}")
         return "\n".join(parts)
-
-
-@pytest.fixture(scope="session")
-def rpc_url(chain) -> str:  # type: ignore[no-untyped-def]
-    provider = chain.provider
-    uri = getattr(provider, "uri", None) or provider.web3.provider.endpoint_uri
-    assert uri and uri.startswith("http"), f"unexpected provider URI {uri!r}"
-    return str(uri)
 
 
 @pytest.fixture

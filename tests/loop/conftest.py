@@ -28,15 +28,6 @@ def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return cache
 
 
-@pytest.fixture(scope="session")
-def rpc_url(chain) -> str:  # type: ignore[no-untyped-def]
-    """The JSON-RPC URL of the Anvil that ape-foundry started for this session."""
-    provider = chain.provider
-    uri = getattr(provider, "uri", None) or provider.web3.provider.endpoint_uri
-    assert uri and uri.startswith("http"), f"unexpected provider URI {uri!r}"
-    return str(uri)
-
-
 @pytest.fixture
 def _function_isolation():  # type: ignore[no-untyped-def]
     """No chain snapshot/revert around each test here: relay and node processes keep state

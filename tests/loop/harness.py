@@ -29,6 +29,7 @@ from node_client import cli
 from node_client.journal import Journal, JournalEntry
 from node_client.wallet import create_keystore
 from node_client.worker import CRASH_FILE_ENV
+from tests.deployed import DeployedContracts
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CNX = 10**18
@@ -156,7 +157,7 @@ class NodeProc:
 
 
 @dataclass
-class Network:
+class Network(DeployedContracts):
     project: Any
     contracts: dict[str, Any]
     owner: Any
@@ -169,18 +170,6 @@ class Network:
     tiny_cache: Path
     root: Path
     nodes: list[NodeProc] = field(default_factory=list)
-
-    @property
-    def market(self) -> Any:
-        return self.contracts["TaskMarket"]
-
-    @property
-    def registry(self) -> Any:
-        return self.contracts["NodeRegistry"]
-
-    @property
-    def token(self) -> Any:
-        return self.contracts["CNXToken"]
 
     # --- nodes ---------------------------------------------------------------------------------
 

@@ -38,15 +38,6 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return server.create_database("t_" + uuid.uuid4().hex[:12])
 
 
-@pytest.fixture(scope="session")
-def rpc_url(chain) -> str:  # type: ignore[no-untyped-def]
-    """The JSON-RPC URL of the Anvil that ape-foundry started for this test session."""
-    provider = chain.provider
-    uri = getattr(provider, "uri", None) or provider.web3.provider.endpoint_uri
-    assert uri and uri.startswith("http"), f"unexpected provider URI {uri!r}"
-    return str(uri)
-
-
 # --- a deployed network and a relay process in front of it -----------------------------------
 
 from .network import Network, deploy_network  # noqa: E402
