@@ -207,8 +207,8 @@ class NodeChain:
 
     def _error_table(self) -> dict[bytes, tuple[str, list[dict[str, Any]]]]:
         table: dict[bytes, tuple[str, list[dict[str, Any]]]] = {}
-        for c in (self.market, self.registry, self.token):
-            for item in c.abi:
+        for entry in self.deployment.contracts.values():
+            for item in entry.abi:
                 if item.get("type") != "error":
                     continue
                 inputs = list(item.get("inputs", []))
@@ -239,6 +239,11 @@ class NodeChain:
         for i, v in zip(inputs, values, strict=True):
             out[i.get("name") or f"arg{len(out)}"] = "0x" + v.hex() if isinstance(v, bytes) else v
         return name, out
+
+    def call(self, fn: Any) -> Any:
+        """A view call of any deployment contract (custom errors decoded, transport errors
+        raised as ChainUnavailable)."""
+        return self._call(fn)
 
     def _call(self, fn: Any, **kw: Any) -> Any:
         try:

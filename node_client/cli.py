@@ -3,6 +3,7 @@
     crynux-node --config node.yaml join       # stake, declare hardware and held models
     crynux-node --config node.yaml run        # the loop (SIGTERM: finish, pause, exit)
     crynux-node --config node.yaml pause | resume | quit | withdraw
+    crynux-node --config node.yaml rewards [--json] | claim   # emission: node and task mining
     crynux-node --config node.yaml status [--json]
 
 The configuration is a YAML/TOML file (``--config`` or $CRYNUX_NODE_CONFIG) plus
@@ -27,6 +28,7 @@ from crynux_common.enums import NodeStatus
 from node_client.chain import ChainError, NodeChain, TxReverted
 from node_client.config import ConfigError, NodeConfig, load_config
 from node_client.journal import Journal
+from node_client.rewards import Rewards, RewardsUnavailable, claim_rewards, read_rewards
 from node_client.wallet import WalletError, load_wallet
 
 log = logging.getLogger("crynux_node")
@@ -48,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("resume", help="take tasks again")
     sub.add_parser("quit", help="leave the network; the stake returns once no task is open to audit")
     sub.add_parser("withdraw", help="send the CNX the market holds for this node to it")
+    rw = sub.add_parser("rewards", help="emission rewards claimable now (node mining, task mining by month)")
+    rw.add_argument("--json", action="store_true", help="machine-readable output")
+    sub.add_parser("claim", help="mint the claimable emission rewards to this node's address")
     st = sub.add_parser("status", help="node information from the chain and the local journal")
     st.add_argument("--json", action="store_true", help="machine-readable output")
     st.add_argument("--tasks", type=int, default=10, help="recent journal tasks to show")
@@ -171,6 +176,45 @@ def cmd_withdraw(cfg: NodeConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def _rewards(chain: NodeChain) -> Rewards:
+    try:
+        return read_rewards(chain)
+    except RewardsUnavailable as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def cmd_rewards(cfg: NodeConfig, args: argparse.Namespace) -> int:
+    chain = _connect(cfg)
+    r = _rewards(chain)
+    if args.json:
+        print(json.dumps({"address": chain.address, "node_mining_wei": str(r.node_mining),
+                          "task_mining_wei": {str(m): str(v) for m, v in r.task_months.items()},
+                          "total_wei": str(r.total), "current_month": r.current_month,
+                          "current_month_tasks": r.current_tasks}, indent=2))
+        return 0
+    months = ", ".join(f"{m}: {v / 1e18:.6f}" for m, v in r.task_months.items()) or "none"
+    print(f"node        {chain.address}")
+    print(f"node mining {r.node_mining / 1e18:.6f} CNX claimable")
+    print(f"task mining {r.task_mining / 1e18:.6f} CNX claimable (ended months: {months})")
+    print(f"running     month {r.current_month}: {r.current_tasks} successful tasks so far (claimable after it ends)")
+    return 0
+
+
+def cmd_claim(cfg: NodeConfig, args: argparse.Namespace) -> int:
+    chain = _connect(cfg)
+    r = _rewards(chain)
+    if r.total == 0:
+        print(f"nothing to claim for {chain.address}")
+        return 0
+    before = chain.token_balance()
+    receipts = claim_rewards(chain, r)
+    minted = chain.token_balance() - before
+    print(f"claimed {minted / 1e18:.6f} CNX to {chain.address} (node mining and "
+          f"{len(r.task_months)} months of task mining; {len(receipts)} transactions, "
+          f"last in block {receipts[-1]['blockNumber']})")
+    return 0
+
+
 def status_data(cfg: NodeConfig, tasks: int = 10) -> dict[str, Any]:
     chain = _connect(cfg)
     info = chain.node_info()
@@ -230,6 +274,8 @@ COMMANDS = {
     "resume": lambda cfg, args: _simple_tx(cfg, "resume"),
     "quit": lambda cfg, args: _simple_tx(cfg, "quit"),
     "withdraw": cmd_withdraw,
+    "rewards": cmd_rewards,
+    "claim": cmd_claim,
     "status": cmd_status,
 }
 

@@ -186,3 +186,38 @@ def test_sigterm_finishesCurrentTask_pausesAndExits_thenResumesOnRestart(net: Ne
     assert earned > 0
     assert node.cli("withdraw") == 0
     assert int(net.token.balanceOf(node.address)) == before + earned
+
+
+def test_rewards_nodeAndTaskMining_claimedThroughTheCli(net: Network, node: NodeProc) -> None:
+    """Runs after the node quit (previous test): its node-mining accrual is frozen and its
+    successful tasks of month 0 are recorded by task mining."""
+    from ape import chain as ape_chain
+
+    from crynux_common.deployment import Deployment
+    from node_client.chain import NodeChain
+    from node_client.rewards import read_rewards
+
+    node_mining, task_mining = net.contracts["NodeMining"], net.contracts["TaskMining"]
+    chain = NodeChain(net.rpc_url, Deployment.load(net.deployment_path), node.key)
+    month = int(task_mining.currentMonth())
+    tasks = int(task_mining.tasksOf(month, node.address))
+    assert tasks >= 4  # the successful tasks of this module
+
+    early = read_rewards(chain)
+    assert early.node_mining == int(node_mining.claimable(node.address)) > 0
+    assert early.task_months == {} and early.current_month == month and early.current_tasks == tasks
+    balance = int(net.token.balanceOf(node.address))
+    assert node.cli("rewards") == 0 and node.cli("claim") == 0  # node mining only: the month runs
+    assert int(net.token.balanceOf(node.address)) == balance + early.node_mining
+    assert read_rewards(chain).total == 0 and node.cli("claim") == 0  # nothing left: no transaction
+
+    ape_chain.pending_timestamp = int(task_mining.monthStart(month + 1)) + 1
+    ape_chain.mine()
+    ended = read_rewards(chain)
+    all_tasks, budget, _ = (int(v) for v in task_mining.monthInfo(month))
+    assert ended.task_months == {month: budget * tasks // all_tasks} and ended.node_mining == 0
+    assert ended.current_month == month + 1 and ended.current_tasks == 0
+    balance = int(net.token.balanceOf(node.address))
+    assert node.cli("claim") == 0
+    assert int(net.token.balanceOf(node.address)) == balance + ended.task_mining
+    assert int(task_mining.tasksOf(month, node.address)) == 0 and read_rewards(chain).total == 0
