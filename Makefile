@@ -26,11 +26,18 @@ node_modules/.installed: package.json package-lock.json
 	touch $@
 
 # Slither first (no high or medium finding in our contracts), then every test on Anvil.
+# TEST_JOBS pytest-xdist workers, each with its own Anvil; a test module stays on one worker
+# (its module fixtures: a deployed network, relay and node processes). TEST_JOBS=0: one process.
+TEST_JOBS ?= 2
+XDIST := $(if $(filter 0,$(TEST_JOBS)),,-n $(TEST_JOBS) --dist loadfile --no-loadscope-reorder)
+
 test: setup lint
-	ape test tests/ $(ARGS)
+	ape compile
+	ape test tests/ $(XDIST) $(ARGS)
 
 test-long: setup lint
-	HYPOTHESIS_PROFILE=long ape test tests/ $(ARGS)
+	ape compile
+	HYPOTHESIS_PROFILE=long ape test tests/ $(XDIST) $(ARGS)
 
 lint: setup
 	$(PY) scripts/slither_check.py

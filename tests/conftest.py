@@ -27,6 +27,25 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 CNX = 10**18
 
+#: The slowest modules (serial seconds on a 2-core machine: 150, 81, 75, 45, 41, 32, 32),
+#: collected first. `make test` runs pytest-xdist with --dist loadfile: each worker takes whole
+#: modules in collection order, so starting with the long ones lets the workers end together.
+SLOW_MODULES = (
+    "tests/e2e/test_network.py",
+    "tests/market/test_market_fsm.py",
+    "tests/loop/test_audit.py",
+    "tests/registry/test_selection.py",
+    "tests/loop/test_executor.py",
+    "tests/emission/test_invariants.py",
+    "tests/relay/test_openapi_fuzz.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Slow modules first; every module's tests stay together and in file order (stable sort)."""
+    rank = {module: i for i, module in enumerate(SLOW_MODULES)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
+
 
 @pytest.fixture(scope="session")
 def owner(accounts):

@@ -20,9 +20,15 @@ def reporter(accounts):
 
 
 @pytest.fixture(scope="session")
-def nodes(accounts):
-    """Node operators (they claim their own rewards)."""
-    return [accounts[i] for i in range(5, 10)]
+def nodes(accounts, chain):
+    """Five node operators (they claim their own rewards): generated accounts holding ETH and
+    no CNX, used by no other package, so balances start at zero whatever ran before."""
+    out = []
+    for _ in range(5):
+        a = accounts.generate_test_account()
+        chain.provider.set_balance(a.address, 10**21)
+        out.append(a)
+    return out
 
 
 def deploy_node_mining(project, token, owner, reporter, start: int = 0):
