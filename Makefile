@@ -17,8 +17,8 @@ setup: $(VENV)/.installed node_modules/.installed
 $(VENV)/.installed: requirements.lock pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.lock
-	$(PY) -m pip install -q --no-deps -e .
+	$(PY) -m pip install -q --no-compile -r requirements.lock
+	$(PY) -m pip install -q --no-compile --no-deps -e .
 	touch $@
 
 node_modules/.installed: package.json package-lock.json
