@@ -19,6 +19,7 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q --no-compile -r requirements.lock
 	$(PY) -m pip install -q --no-compile --no-deps -e .
+	$(PY) -m compileall -qq -j 0 $(VENV)/lib || true  # byte-compile on every core (pip does it on one)
 	touch $@
 
 node_modules/.installed: package.json package-lock.json
