@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,11 +27,13 @@ from eth_account import Account
 from eth_keys import KeyAPI
 from eth_utils import keccak
 
-from crynux_common import scores
-from crynux_common.signing import body_sha256, sign_request, verify_request
-from relay_client.client import RelayClient, ResultUpload
-from tests.relay.helpers import RelayProcess
-from tests.relay.network import deploy_network, image_args, noise_png
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout first: tests.relay helpers
+
+from crynux_common import scores  # noqa: E402
+from crynux_common.signing import body_sha256, sign_request, verify_request  # noqa: E402
+from relay_client.client import RelayClient, ResultUpload  # noqa: E402
+from tests.relay.helpers import RelayProcess  # noqa: E402
+from tests.relay.network import deploy_network, image_args, noise_png  # noqa: E402
 
 KiB = 1024
 
