@@ -11,12 +11,16 @@ Public API:
     parse_task_args(raw, task_type) -> ImageTaskArgs | TextTaskArgs, raises ArgsError
     parse_image_args(raw), parse_text_args(raw)
     canonical_json(obj) -> bytes   sorted keys, no spaces, UTF-8
+    strict_json_loads(raw) -> Any  JSON without duplicate keys, NaN/Infinity or nesting deeper
+                                   than MAX_JSON_DEPTH; raises JsonRejected (a ValueError)
     model_id(kind, name) / split_model_id(id)
 """
 from __future__ import annotations
 
 import json
+import re
 from enum import IntEnum
+from itertools import accumulate
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -33,6 +37,9 @@ MAX_SEED = 2**63 - 1
 MAX_PROMPT_CHARS = 8_192
 MAX_MESSAGE_CHARS = 65_536
 MAX_MESSAGES = 256
+
+#: Deepest nesting of objects/arrays accepted in argument and result JSON (ours nest 3 deep).
+MAX_JSON_DEPTH = 32
 
 #: Model names: Hugging Face style (`org/name`, dots, dashes, underscores), no spaces.
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._\-/]{0,199}$"
@@ -62,6 +69,72 @@ class TaskType(IntEnum):
 
 class ArgsError(ValueError):
     """The task arguments are invalid: a node commits the error score for them."""
+
+
+class JsonRejected(ValueError):
+    """A document that is not strict JSON; ``code`` names why (an API error code)."""
+
+    code = "malformed_json"
+
+
+class DuplicateJsonKey(JsonRejected):
+    """An object names the same key twice (parsers disagree on which value wins)."""
+
+    code = "duplicate_json_key"
+
+
+class JsonTooDeep(JsonRejected):
+    """Objects/arrays nested deeper than the bound (deep nesting exhausts recursive parsers)."""
+
+    code = "json_too_deep"
+
+
+#: A JSON string (with its escapes), matched without backtracking.
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_BRACKET_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+
+
+def json_depth(text: str) -> int:
+    """The deepest nesting of objects/arrays in a JSON text, counted without parsing it (no
+    recursion: brackets outside strings). Exact for valid JSON; malformed text is refused by
+    the parser afterwards."""
+    brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text))
+    return max(accumulate(_BRACKET_STEP[ch] for ch in brackets), default=0)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise DuplicateJsonKey(f"duplicate key {key!r} in a JSON object")
+        obj[key] = value
+    return obj
+
+
+def _no_constant(name: str) -> Any:
+    raise JsonRejected(f"non-standard JSON constant {name}")
+
+
+def strict_json_loads(raw: bytes | str, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """Parses JSON that every parser reads the same way: UTF-8, no duplicate keys, no
+    NaN/Infinity, nesting at most ``max_depth``. Raises JsonRejected (or a subclass)."""
+    if isinstance(raw, (bytes, bytearray)):
+        try:
+            text = bytes(raw).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise JsonRejected(f"not UTF-8: {e}") from None
+    else:
+        text = raw
+    depth = json_depth(text)
+    if depth > max_depth:
+        raise JsonTooDeep(f"JSON nested {depth} levels deep; the limit is {max_depth}")
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+    except JsonRejected:
+        raise
+    except (ValueError, RecursionError) as e:
+        raise JsonRejected(f"not JSON: {e}") from None
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -232,10 +305,6 @@ def _format_validation_error(err: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def _reject_constant(name: str) -> Any:
-    raise ArgsError(f"non-standard JSON constant {name}")
-
-
 def parse_task_args(raw: bytes | str, task_type: TaskType | int) -> TaskArgs:
     """Parse and validate raw argument bytes for a task of `task_type`.
 
@@ -251,13 +320,9 @@ def parse_task_args(raw: bytes | str, task_type: TaskType | int) -> TaskArgs:
     if len(raw) > MAX_ARGS_BYTES:
         raise ArgsError(f"arguments are {len(raw)} bytes, limit {MAX_ARGS_BYTES}")
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ArgsError(f"arguments are not UTF-8: {e}") from e
-    try:
-        data = json.loads(text, parse_constant=_reject_constant)
-    except json.JSONDecodeError as e:
-        raise ArgsError(f"arguments are not JSON: {e}") from e
+        data = strict_json_loads(raw)
+    except JsonRejected as e:
+        raise ArgsError(f"invalid arguments: {e}") from e
     if not isinstance(data, dict):
         raise ArgsError(f"arguments must be a JSON object, got {type(data).__name__}")
     model = _MODELS[tt]

@@ -3,7 +3,7 @@
 Public API:
     ERROR_SCORE                                 b"" (invalid arguments)
     PHASH_BYTES                                 8
-    phash_bytes(image) -> bytes                 8-byte big-endian 64-bit DCT pHash of one image
+    phash_bytes(image, max_pixels=None) -> bytes 8-byte big-endian 64-bit DCT pHash of one image
     image_score(images) -> bytes                concatenated pHashes (PIL images or PNG bytes)
     text_score(response) -> bytes               SHA-256 of canonical JSON (dict) or of given bytes
     score_for(task_type, files) -> bytes        recompute a score from delivered result files
@@ -37,20 +37,30 @@ class ScoreError(ValueError):
     """Result files from which no score can be computed (not an image, empty ...)."""
 
 
-def _as_image(image: Image.Image | bytes) -> Image.Image:
+def _as_image(image: Image.Image | bytes, max_pixels: int | None = None) -> Image.Image:
     if isinstance(image, Image.Image):
         return image
     try:
         img = Image.open(io.BytesIO(image))
-        img.load()
     except Exception as e:  # PIL raises a zoo of exception types for bad input
+        raise ScoreError(f"not a readable image: {e}") from e
+    width, height = img.size  # from the header: nothing is decoded yet
+    if max_pixels is not None and width * height > max_pixels:
+        img.close()
+        raise ScoreError(f"the image has {width} x {height} pixels; at most {max_pixels} are decoded")
+    try:
+        img.load()
+    except Exception as e:
+        img.close()
         raise ScoreError(f"not a readable image: {e}") from e
     return img
 
 
-def phash_bytes(image: Image.Image | bytes) -> bytes:
-    """The 64-bit DCT perceptual hash (imagehash.phash, hash_size 8) as 8 big-endian bytes."""
-    h = imagehash.phash(_as_image(image), hash_size=8)
+def phash_bytes(image: Image.Image | bytes, max_pixels: int | None = None) -> bytes:
+    """The 64-bit DCT perceptual hash (imagehash.phash, hash_size 8) as 8 big-endian bytes.
+    With ``max_pixels``, an image whose header declares more pixels is refused (ScoreError)
+    before it is decoded."""
+    h = imagehash.phash(_as_image(image, max_pixels), hash_size=8)
     # str(h) is the hex of the flattened bit matrix, first bit most significant.
     return bytes.fromhex(str(h))
 

@@ -2,13 +2,14 @@
 download (a node the chain assigned to the task)."""
 from __future__ import annotations
 
-import json
 import logging
 
 from eth_utils import keccak
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
+
+from crynux_common.schemas import JsonRejected, strict_json_loads
 
 from ..chain import ChainUnavailable
 from .deps import SIGNED, ArgsHash, ArgsUpload, SignedRead, TaskId, ctx, hex0x, load_task
@@ -28,7 +29,9 @@ router = APIRouter()
     description=(
         "Stores the raw JSON body under keccak256(body), which must equal `args_hash`, for the "
         "signer. A node assigned to a task whose on-chain argsHash is this hash and whose creator "
-        "is this signer can then download it. At most 256 KiB. 201 when stored, 200 when this "
+        "is this signer can then download it. At most 256 KiB of UTF-8 JSON: an object, no duplicate "
+        "keys, no NaN/Infinity, nested at most 32 deep (400 `duplicate_json_key`, `json_too_deep`, "
+        "`malformed_json`). 201 when stored, 200 when this "
         "signer had stored the same arguments before."
     ),
     responses={200: {"model": ArgsStored, "description": "Already stored"}, **responses(400, 401, 413, 422)},
@@ -46,9 +49,10 @@ async def put_args(request: Request, args_hash: ArgsHash, signed: ArgsUpload) ->
     if actual != args_hash.lower():
         raise unprocessable("args_hash_mismatch", f"keccak256 of the body is {actual}, not {args_hash}")
     try:
-        parsed = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise bad_request("malformed_json", f"the arguments are not UTF-8 JSON: {exc}") from None
+        # Duplicate keys or deep nesting: parsers would disagree, or recurse until they crash.
+        parsed = strict_json_loads(data)
+    except JsonRejected as exc:
+        raise bad_request(exc.code, f"the arguments are not strict UTF-8 JSON: {exc}") from None
     if not isinstance(parsed, dict):
         raise bad_request("malformed_json", "the arguments must be a JSON object")
     record, created = await run_in_threadpool(c.store.save_args, args_hash, signer.address, data)

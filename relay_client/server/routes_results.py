@@ -33,6 +33,7 @@ from .deps import (
     parse_hex,
 )
 from .errors import (
+    ApiError,
     bad_request,
     chain_unavailable,
     conflict,
@@ -42,7 +43,15 @@ from .errors import (
     too_large,
     unprocessable,
 )
-from .results_check import check_result_files, parse_multipart, safe_name
+from .results_check import (
+    check_result_structure,
+    check_score_shape,
+    compute_score,
+    decode_slot,
+    image_size_from_args,
+    parse_multipart,
+    safe_name,
+)
 from .schemas import Attestation, Delivered, ResultFileInfo, ResultManifest
 
 log = logging.getLogger(__name__)
@@ -63,10 +72,12 @@ router = APIRouter()
     summary="Deliver a task's results (its executor only)",
     description=(
         "multipart/form-data with fields `score` (0x-hex) and `salt` (0x-hex, 32 bytes) and the "
-        "result files as `files` (image task: one PNG per image in order; text task: one canonical "
-        "JSON file; none for the error score). The relay recomputes the score from the files, "
-        "checks commitment(taskId, node, score, salt) against the on-chain commitment, stores the "
-        "files and attests the delivery on-chain. 201 when the attestation is mined (or the "
+        "result files as `files` (image task: one still PNG per image in order, of the size the "
+        "task's arguments ask for, nothing after IEND; text task: one canonical JSON file of at most "
+        "1 MiB; none for the error score). The relay checks the files' structure, then "
+        "commitment(taskId, node, score, salt) against the on-chain commitment, and only then "
+        "decodes the files to recompute the score; it stores the files and attests the delivery "
+        "on-chain. 201 when the attestation is mined (or the "
         "market refused it: see `attestation.state`), 202 when it is still being retried. Each "
         "file at most 20 MiB, all files at most 200 MiB."
     ),
@@ -129,23 +140,36 @@ async def post_results(request: Request, task_id: TaskId, signed: ResultsUpload)
             )
         if total > s.max_task_result_bytes:
             raise too_large(f"the files have {total} bytes; the limit per task is {s.max_task_result_bytes}")
-        computed = await run_in_threadpool(check_result_files, task, incoming)
-        if computed != score:
-            raise unprocessable(
-                "score_mismatch", f"the files' score is {hex0x(computed)}, the request says {hex0x(score)}"
-            )
         try:
-            on_chain = await run_in_threadpool(c.chain.commitment_of, task_id, signer.address)
-        except ChainUnavailable as exc:
-            raise chain_unavailable(str(exc)) from exc
-        if not any(on_chain):
-            raise conflict("not_committed", f"{signer.address} has no commitment for task {task_id} on-chain")
-        expected = scores.commitment(task_id, signer.address, score, salt)
-        if expected != on_chain:
-            raise unprocessable(
-                "commitment_mismatch",
-                f"commitment(task, node, score, salt) = {hex0x(expected)}; on-chain {hex0x(on_chain)}",
-            )
+            # Cheapest first: nothing is decompressed before the file structure, the image sizes
+            # the task asked for and the executor's on-chain commitment all agree.
+            size = None
+            if task.task_type == TaskType.IMAGE and incoming:
+                size = await run_in_threadpool(image_size_from_args, c, task)
+            await run_in_threadpool(check_result_structure, task, incoming, size)
+            check_score_shape(task, incoming, score)
+            try:
+                on_chain = await run_in_threadpool(c.chain.commitment_of, task_id, signer.address)
+            except ChainUnavailable as exc:
+                raise chain_unavailable(str(exc)) from exc
+            if not any(on_chain):
+                raise conflict("not_committed", f"{signer.address} has no commitment for task {task_id} on-chain")
+            expected = scores.commitment(task_id, signer.address, score, salt)
+            if expected != on_chain:
+                raise unprocessable(
+                    "commitment_mismatch",
+                    f"commitment(task, node, score, salt) = {hex0x(expected)}; on-chain {hex0x(on_chain)}",
+                )
+            async with decode_slot(request.app):
+                computed = await run_in_threadpool(compute_score, task, incoming)
+            if computed != score:
+                raise unprocessable(
+                    "score_mismatch", f"the files' score is {hex0x(computed)}, the request says {hex0x(score)}"
+                )
+        except ApiError as exc:
+            log.warning("task %d: refused the delivery of %s: %d %s: %s", task_id, signer.address, exc.status,
+                        exc.code, exc.detail)
+            raise
         try:
             delivery = await run_in_threadpool(
                 lambda: c.store.save_delivery(
