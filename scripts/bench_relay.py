@@ -6,8 +6,10 @@ Deploys token, registry and market on a local Anvil, starts a relay process (SQL
 files, one uvicorn worker) and, one request at a time, for each task: the executor uploads
 a 100 KiB PNG result (the relay recomputes the pHash, checks the commitment on-chain,
 stores the file and waits until its attestDelivery transaction is mined), then the creator
-downloads it. Chain set-up per task (create, commit) is not timed. Prints a table and
-writes bench/relay.json.
+downloads it. Chain set-up per task (create, commit) is not timed. Then the executor of one
+more task sends a decompression bomb (a 0.5 MB PNG of 13300 x 13300 zero pixels) with its
+committed score and salt: `bomb` in the report has the answer, its time and the relay
+process's extra peak memory (VmHWM; goal <= 100 MB). Prints a table and writes bench/relay.json.
 """
 from __future__ import annotations
 
@@ -31,11 +33,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout fi
 
 from crynux_common import scores  # noqa: E402
 from crynux_common.signing import body_sha256, sign_request, verify_request  # noqa: E402
-from relay_client.client import RelayClient, ResultUpload  # noqa: E402
+from relay_client.client import RelayClient, ResultUpload, encode_multipart  # noqa: E402
 from tests.relay.helpers import RelayProcess  # noqa: E402
+from tests.relay.hostile import PeakMemory, bomb_png  # noqa: E402
 from tests.relay.network import deploy_network, image_args, noise_png  # noqa: E402
 
 KiB = 1024
+BOMB_SIDE = 13300
+BOMB_GOAL_EXTRA_MB = 100
 
 
 def _summary(name: str, samples: list[float], size: int) -> dict[str, float | int | str]:
@@ -51,13 +56,43 @@ def _summary(name: str, samples: list[float], size: int) -> dict[str, float | in
     }
 
 
-def _result_png(target: int) -> bytes:
-    side = int((target / 3) ** 0.5)
+def _result_png(target: int) -> tuple[bytes, int]:
+    """A noise PNG of at least ``target`` bytes and its side (a multiple of 8, as task
+    arguments need: the relay takes result images of the size the arguments ask for)."""
+    side = int((target / 3) ** 0.5) // 8 * 8
     data = noise_png(1, side, side)
     while len(data) < target:
-        side += 1
+        side += 8
         data = noise_png(1, side, side)
-    return data
+    return data, side
+
+
+def _bomb(net, relay: RelayProcess, png: bytes, side: int) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    """One bomb upload by a task's executor, with its committed score and salt."""
+    import httpx
+
+    args = image_args(99_999, 1, size=side)
+    RelayClient(relay.url, net.local(net.creator)).put_args(args)
+    task_id = net.create_task(args, num_images=1)
+    executor = net.executor(task_id)
+    score, salt = scores.image_score([png]), scores.new_salt()
+    net.commit(task_id, executor, score, salt)
+    bomb = bomb_png(BOMB_SIDE, BOMB_SIDE)
+    body, ctype = encode_multipart({"score": "0x" + score.hex(), "salt": "0x" + salt.hex()},
+                                   [ResultUpload("0.png", bomb)])
+    target = f"/v1/tasks/{task_id}/results"
+    headers = {**sign_request(net.local(executor), "POST", target, body).as_dict(), "Content-Type": ctype}
+    assert relay.proc is not None
+    with PeakMemory(relay.proc.pid) as mem:
+        t0 = time.perf_counter()
+        r = httpx.post(relay.url + target, content=body, headers=headers, timeout=300)
+        answer_s = time.perf_counter() - t0
+    return {
+        "png": f"{BOMB_SIDE} x {BOMB_SIDE} zero RGB pixels", "bytes": len(bomb),
+        "status": r.status_code, "error": r.json().get("error"),
+        "answer_ms": round(answer_s * 1000, 1),
+        "relay_peak_extra_mb": round(mem.extra_mb, 1), "goal_peak_extra_mb": BOMB_GOAL_EXTRA_MB,
+    }
 
 
 @click.command(cls=ConnectedProviderCommand)
@@ -69,7 +104,7 @@ def cli(network: str, tasks: int, out: Path) -> None:
     owner, treasury = test[0], test[1]
     rpc = getattr(chain.provider, "uri", None) or chain.provider.web3.provider.endpoint_uri
     net = deploy_network(project, test, owner, treasury, rpc)
-    png = _result_png(100 * KiB)
+    png, side = _result_png(100 * KiB)
     score = scores.image_score([png])
 
     with tempfile.TemporaryDirectory(prefix="bench-relay-") as tmp:
@@ -83,7 +118,7 @@ def cli(network: str, tasks: int, out: Path) -> None:
             uploads: list[float] = []
             downloads: list[float] = []
             for i in range(tasks):
-                args = image_args(10_000 + i, 1)
+                args = image_args(10_000 + i, 1, size=side)
                 t0 = time.perf_counter()
                 creator.put_args(args)
                 args_up.append(time.perf_counter() - t0)
@@ -104,6 +139,7 @@ def cli(network: str, tasks: int, out: Path) -> None:
                 downloads.append(time.perf_counter() - t0)
                 assert got == png
                 node.close()
+            bomb = _bomb(net, relay, png, side)
         finally:
             relay.stop()
 
@@ -136,6 +172,7 @@ def cli(network: str, tasks: int, out: Path) -> None:
                     "load_average_1m": round(os.getloadavg()[0], 2)},
         "secp256k1_backend": type(KeyAPI().backend).__name__,
         "results": rows,
+        "bomb": bomb,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
@@ -149,4 +186,7 @@ def cli(network: str, tasks: int, out: Path) -> None:
                    f"{r['p95_ms']:>8} {r['mb_per_second']:>6}")
     click.echo(f"signature: sign {report['sign_ms']} ms, verify {report['verify_ms']} ms "
                f"({report['secp256k1_backend']}); load average {report['machine']['load_average_1m']}")
+    click.echo(f"bomb ({bomb['png']}, {bomb['bytes']} bytes): {bomb['status']} {bomb['error']} in "
+               f"{bomb['answer_ms']} ms; relay peak +{bomb['relay_peak_extra_mb']} MB "
+               f"(goal <= {BOMB_GOAL_EXTRA_MB})")
     click.echo(f"written to {out}")

@@ -51,10 +51,12 @@ def noise_png(seed: int, width: int, height: int) -> bytes:
     return out.getvalue()
 
 
-def image_args(seed: int, num_images: int = 1) -> bytes:
+def image_args(seed: int, num_images: int = 1, size: int = 64) -> bytes:
+    """Arguments of ``num_images`` square images of ``size`` pixels (the relay accepts result
+    PNGs of exactly that size)."""
     return canonical_json({
         "version": "1.0", "base_model": BASE_MODEL, "prompt": f"a test picture {seed}", "negative_prompt": "",
-        "task_config": {"image_width": 64, "image_height": 64, "steps": 4, "seed": seed,
+        "task_config": {"image_width": size, "image_height": size, "steps": 4, "seed": seed,
                         "num_images": num_images, "cfg": 7},
     })
 

@@ -390,7 +390,14 @@ def _case_score_mismatch(network, relay, c):
 
 
 def _case_claimed_score_not_files(network, relay, c):
+    """Refused by the commitment, checked before the files are decoded (no decode for a
+    score the executor did not commit)."""
     return post_results(relay, network, c, score=bytes(len(c.score)))
+
+
+def _case_claimed_score_wrong_length(network, relay, c):
+    """A score that cannot be the pHashes of these files: refused without the chain or a decode."""
+    return post_results(relay, network, c, score=c.score + b"\x00")
 
 
 def _case_commitment_mismatch(network, relay, c):
@@ -456,7 +463,8 @@ BAD_REQUESTS: list[tuple[str, Callable[..., httpx.Response], int, str]] = [
     ("a truncated PNG", _case_truncated_png, 400, "not_png"),
     ("fewer files than images", _case_wrong_file_count, 400, "wrong_file_count"),
     ("files whose score is not the committed one", _case_score_mismatch, 422, "score_mismatch"),
-    ("claimed score not the files' score", _case_claimed_score_not_files, 422, "score_mismatch"),
+    ("claimed score not the files' score", _case_claimed_score_not_files, 422, "commitment_mismatch"),
+    ("claimed score of the wrong length", _case_claimed_score_wrong_length, 422, "score_mismatch"),
     ("commitment mismatch (other salt)", _case_commitment_mismatch, 422, "commitment_mismatch"),
     ("salt not 32 bytes", _case_bad_salt, 400, "bad_field"),
     ("results not multipart", _case_not_multipart, 400, "bad_content_type"),

@@ -190,11 +190,11 @@ def test_sigkillDuringResultUploads_keepsAcknowledgedAndAttestsAfterRestart(netw
         creator = RelayClient(relay.url, network.local(network.creator))
         for _ in range(6):
             seed = network.next_seed()
-            args = image_args(seed, 2)
+            args = image_args(seed, 2, size=896)  # the relay takes images of the size asked for
             creator.put_args(args)
             task_id = network.create_task(args, num_images=2)
             executor = network.executor(task_id)
-            files = [ResultUpload(f"{i}.png", noise_png(seed * 10 + i, 900, 900)) for i in range(2)]
+            files = [ResultUpload(f"{i}.png", noise_png(seed * 10 + i, 896, 896)) for i in range(2)]
             score, salt = scores.image_score([f.data for f in files]), scores.new_salt()
             network.commit(task_id, executor, score, salt)
             deliveries.append((task_id, executor, files, score, salt))
