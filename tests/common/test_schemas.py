@@ -10,16 +10,21 @@ from hypothesis import strategies as st
 from crynux_common.schemas import (
     MAX_ARGS_BYTES,
     ArgsError,
+    DuplicateJsonKey,
     ImageTaskArgs,
+    JsonRejected,
+    JsonTooDeep,
     TaskType,
     TextTaskArgs,
     canonical_json,
     encode_task_args,
+    json_depth,
     model_id,
     parse_image_args,
     parse_task_args,
     parse_text_args,
     split_model_id,
+    strict_json_loads,
 )
 
 
@@ -257,3 +262,39 @@ def test_encodeImage_roundTripsThroughParse(w, h, steps, seed, n, cfg, prompt):
     again = parse_image_args(encode_task_args(args))
     assert again == args
     assert encode_task_args(again) == encode_task_args(args)
+
+
+# --- strict JSON: what both the relay and the node refuse to read ------------------------------
+
+
+@pytest.mark.parametrize(
+    "data, error, fragment",
+    [
+        (b'{"a": 1, "a": 2}', DuplicateJsonKey, "duplicate key 'a'"),
+        (b'{"x": {"a": 1, "b": {"a": 2}, "b": 3}}', DuplicateJsonKey, "'b'"),
+        (b"[" * 1000 + b"]" * 1000, JsonTooDeep, "1000 levels"),
+        (b'{"a":' + b"[" * 32 + b"]" * 32 + b"}", JsonTooDeep, "33 levels"),
+        (b'{"x": Infinity}', JsonRejected, "Infinity"),
+        (b'{"x": 1', JsonRejected, "not JSON"),
+    ],
+)
+def test_strictJson_refusesWhatParsersReadDifferently(data, error, fragment):
+    with pytest.raises(error, match=fragment):
+        strict_json_loads(data)
+
+
+def test_strictJson_bracketsInsideStringsAreNotNesting():
+    doc = {"a": "[[[[{{{{" * 40, "b": '\\"]]]]', "c": [[{"d": "}"}]]}
+    assert strict_json_loads(json.dumps(doc)) == doc
+    assert json_depth(json.dumps(doc)) == 4
+    assert strict_json_loads(b'{"a":' + b"[" * 31 + b"]" * 31 + b"}")["a"] is not None
+
+
+@pytest.mark.parametrize(
+    "data, fragment",
+    [(b'{"prompt": "a", "prompt": "b"}', "duplicate key"), (b'{"a":' + b"[" * 1000 + b"]" * 1000 + b"}", "deep")],
+)
+def test_parseArgs_failsOnDuplicateKeysAndDeepNesting(data, fragment):
+    """An ArgsError (the node commits the error score), never a RecursionError."""
+    with pytest.raises(ArgsError, match=fragment):
+        parse_task_args(data, TaskType.IMAGE)

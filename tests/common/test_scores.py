@@ -182,3 +182,11 @@ def test_commitment_failsIfSaltNot32Bytes():
 def test_newSalt_is32RandomBytes():
     salts = {new_salt() for _ in range(10)}
     assert len(salts) == 10 and all(len(s) == 32 for s in salts)
+
+
+def test_phashBytes_refusesMorePixelsThanTheBoundBeforeDecoding():
+    buf = io.BytesIO()
+    Image.new("L", (3000, 3000)).save(buf, format="PNG")
+    with pytest.raises(ScoreError, match="3000 x 3000"):
+        phash_bytes(buf.getvalue(), max_pixels=2048 * 2048)
+    assert len(phash_bytes(buf.getvalue(), max_pixels=3000 * 3000)) == 8

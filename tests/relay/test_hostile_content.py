@@ -4,21 +4,25 @@ keys or nested 1000 deep. Each is refused with its status and error code, quickl
 the relay's memory growing, and nothing is stored or attested."""
 from __future__ import annotations
 
+import io
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
 from eth_utils import keccak
+from PIL import Image, PngImagePlugin
 
 from crynux_common import scores
 from crynux_common.schemas import TaskType, canonical_json
 from crynux_common.signing import sign_request
 from relay_client.client import RelayClient, RelayNotFound, ResultUpload, encode_multipart
+from relay_client.server.png_check import PngRejected, inspect_png
 
 from .helpers import RelayProcess
-from .hostile import PeakMemory, apng, bomb_png, corrupt_idat
+from .hostile import PNG_SIGNATURE, PeakMemory, apng, bomb_png, chunk, chunks, corrupt_idat
 from .network import Network, image_args, png, text_args
 
 #: The relay's memory may grow this much while it refuses a bomb (it grew 844 MB before).
@@ -79,6 +83,18 @@ def deliver(relay: RelayProcess, network: Network, t: Task, files: list[bytes] |
     return httpx.post(relay.url + target, content=body, headers={**headers, "Content-Type": ctype}, timeout=120)
 
 
+def finish(network: Network, relay: RelayProcess, t: Task, *, honest: bool = True) -> None:
+    """Ends the task so its executor takes the next one: the honest delivery still goes
+    through after the refusals; a task committed to hostile content is timed out."""
+    if honest:
+        r = deliver(relay, network, t)
+        assert r.status_code == 201, r.text
+        return
+    task = network.task(t.task_id)
+    network.chain_sleep(int(task.deadline) - int(task.startTime) + 5)
+    network.market.timeout(t.task_id, sender=network.other_app)
+
+
 def put_args(relay: RelayProcess, network: Network, body: bytes) -> httpx.Response:
     target = "/v1/args/0x" + keccak(body).hex()
     headers = sign_request(network.local(network.creator), "PUT", target, body).as_dict()
@@ -117,7 +133,7 @@ def test_bombPng_refusedBeforeDecode(network: Network, relay_proc: RelayProcess,
     assert elapsed < MAX_ANSWER_S, f"answered after {elapsed:.1f} s"
     assert mem.extra_mb < MAX_EXTRA_MB, f"the relay's memory grew {mem.extra_mb:.0f} MB"
     assert snapshot(network, relay_proc, [t.task_id]) == before
-    assert deliver(relay_proc, network, t).status_code == 201
+    finish(network, relay_proc, t)
 
 
 def test_tenBombsInOneDelivery_refusedQuickly(network: Network, relay_proc: RelayProcess, bomb: bytes):
@@ -132,6 +148,24 @@ def test_tenBombsInOneDelivery_refusedQuickly(network: Network, relay_proc: Rela
     assert elapsed < MAX_ANSWER_S, f"answered after {elapsed:.1f} s"
     assert mem.extra_mb < MAX_EXTRA_MB, f"the relay's memory grew {mem.extra_mb:.0f} MB"
     assert snapshot(network, relay_proc, [t.task_id]) == before
+    finish(network, relay_proc, t)
+
+
+def test_threeBombsAtOnce_memoryStaysFlat(network: Network, relay_proc: RelayProcess, bomb: bytes):
+    """Three executors at once (+2.5 GB before)."""
+    tasks = [image_task(network, relay_proc) for _ in range(3)]
+    before = snapshot(network, relay_proc, [t.task_id for t in tasks])
+    with PeakMemory(relay_proc.proc.pid) as mem, ThreadPoolExecutor(3) as pool:
+        t0 = time.monotonic()
+        responses = list(pool.map(lambda t: deliver(relay_proc, network, t, [bomb]), tasks))
+        elapsed = time.monotonic() - t0
+    for r in responses:
+        assert_refused(r, 422, "wrong_image_size")
+    assert elapsed < MAX_ANSWER_S, f"answered after {elapsed:.1f} s"
+    assert mem.extra_mb < MAX_EXTRA_MB, f"the relay's memory grew {mem.extra_mb:.0f} MB"
+    assert snapshot(network, relay_proc, [t.task_id for t in tasks]) == before
+    for t in tasks:
+        finish(network, relay_proc, t)
 
 
 def test_bombPng_taskArgsNotUploaded_refusedByTheSizeCap(network: Network, relay_proc: RelayProcess,
@@ -145,6 +179,7 @@ def test_bombPng_taskArgsNotUploaded_refusedByTheSizeCap(network: Network, relay
     assert_refused(response, 422, "wrong_image_size")
     assert "2048" in response.json()["detail"]
     assert snapshot(network, relay_proc, [t.task_id]) == before
+    finish(network, relay_proc, t)
 
 
 def test_imageOfAnotherSize_refused(network: Network, relay_proc: RelayProcess):
@@ -154,6 +189,7 @@ def test_imageOfAnotherSize_refused(network: Network, relay_proc: RelayProcess):
     response = deliver(relay_proc, network, t, [other], score=scores.image_score([other]))
     assert_refused(response, 422, "wrong_image_size")
     assert snapshot(network, relay_proc, [t.task_id]) == before
+    finish(network, relay_proc, t)
 
 
 def test_undecodablePngWithWrongSalt_commitmentCheckedBeforeDecode(network: Network, relay_proc: RelayProcess):
@@ -165,6 +201,7 @@ def test_undecodablePngWithWrongSalt_commitmentCheckedBeforeDecode(network: Netw
     assert_refused(deliver(relay_proc, network, t, [broken], salt=bytes(32)), 422, "commitment_mismatch")
     assert_refused(deliver(relay_proc, network, t, [broken]), 400, "not_png")  # decoded once it matches
     assert snapshot(network, relay_proc, [t.task_id]) == before
+    finish(network, relay_proc, t)
 
 
 # --- PNG structure -------------------------------------------------------------------------------
@@ -178,6 +215,7 @@ def test_apng_refused(network: Network, relay_proc: RelayProcess):
     response = deliver(relay_proc, network, t, [animated])  # its default image has the committed score
     assert_refused(response, 400, "animated_png")
     assert snapshot(network, relay_proc, [t.task_id]) == before
+    finish(network, relay_proc, t)
 
 
 def test_pngWithBytesAfterIend_refused(network: Network, relay_proc: RelayProcess):
@@ -186,7 +224,7 @@ def test_pngWithBytesAfterIend_refused(network: Network, relay_proc: RelayProces
     before = snapshot(network, relay_proc, [t.task_id])
     assert_refused(deliver(relay_proc, network, t, [trailing]), 400, "data_after_iend")
     assert snapshot(network, relay_proc, [t.task_id]) == before
-    assert deliver(relay_proc, network, t).status_code == 201
+    finish(network, relay_proc, t)
 
 
 # --- JSON: duplicate keys, deep nesting ----------------------------------------------------------
@@ -224,6 +262,7 @@ def test_hostileTextResult_refusedAndNotStored(network: Network, relay_proc: Rel
     before = snapshot(network, relay_proc, [t.task_id])
     assert_refused(deliver(relay_proc, network, t), 400, code)
     assert snapshot(network, relay_proc, [t.task_id]) == before
+    finish(network, relay_proc, t, honest=False)
 
 
 def test_textResultOver1MiB_refusedBeforeParsing(network: Network, relay_proc: RelayProcess):
@@ -231,3 +270,65 @@ def test_textResultOver1MiB_refusedBeforeParsing(network: Network, relay_proc: R
     before = snapshot(network, relay_proc, [t.task_id])
     assert_refused(deliver(relay_proc, network, t), 413, "too_large")
     assert snapshot(network, relay_proc, [t.task_id]) == before
+    finish(network, relay_proc, t, honest=False)
+
+
+# --- the chunk walk on its own (no relay) --------------------------------------------------------
+
+
+def _save(img: Image.Image, **kw: Any) -> bytes:
+    out = io.BytesIO()
+    img.save(out, format="PNG", **kw)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("data", [
+    _save(Image.new("RGB", (64, 48))),
+    _save(Image.new("RGBA", (64, 48)), optimize=True),
+    _save(Image.new("P", (64, 48)), transparency=0),
+    _save(Image.new("I;16", (64, 48))),
+    _save(Image.new("RGB", (64, 48)), icc_profile=b"\0" * 4000),
+], ids=["rgb", "rgba", "palette+tRNS", "16-bit grey", "iCCP"])
+def test_inspectPng_readsTheHeaderOfStillImages(data: bytes):
+    info = inspect_png(io.BytesIO(data))
+    assert (info.width, info.height) == (64, 48)
+
+
+def _zipped_text(size: int) -> bytes:
+    meta = PngImagePlugin.PngInfo()
+    meta.add_text("comment", "a" * size, zip=True)
+    return _save(Image.new("RGB", (64, 64)), pnginfo=meta)
+
+
+def _reordered(png_bytes: bytes) -> bytes:
+    parsed = chunks(png_bytes)
+    return PNG_SIGNATURE + b"".join(chunk(t, d) for t, d in [parsed[1], parsed[0], *parsed[2:]])
+
+
+def _no_idat(png_bytes: bytes) -> bytes:
+    return PNG_SIGNATURE + b"".join(chunk(t, d) for t, d in chunks(png_bytes) if t != b"IDAT")
+
+
+def _bad_crc(png_bytes: bytes) -> bytes:
+    return png_bytes[:-5] + bytes([png_bytes[-5] ^ 1]) + png_bytes[-4:]
+
+
+@pytest.mark.parametrize("make,code", [
+    (lambda p: apng(p, p), "animated_png"),
+    (lambda p: p + b"\0", "data_after_iend"),
+    (lambda p: p[:-12], "not_png"),  # no IEND
+    (lambda p: _reordered(_save(Image.new("RGB", (8, 8)), dpi=(72, 72))), "not_png"),  # IHDR not first
+    (_no_idat, "not_png"),
+    (_bad_crc, "not_png"),
+    (lambda p: _zipped_text(2 * 1024 * 1024), "png_metadata_too_large"),  # 2 MB of text in a few KB
+], ids=["APNG", "after IEND", "no IEND", "IHDR not first", "no IDAT", "bad CRC", "zTXt bomb"])
+def test_inspectPng_refusesWhatIsNotOneStillPng(make: Any, code: str):
+    with pytest.raises(PngRejected) as err:
+        inspect_png(io.BytesIO(make(png(1))))
+    assert err.value.code == code
+
+
+def test_inspectPng_bombIsReadFromItsHeaderAlone(bomb: bytes):
+    t0 = time.monotonic()
+    info = inspect_png(io.BytesIO(bomb))
+    assert (info.width, info.height) == (13300, 13300) and time.monotonic() - t0 < 0.5
