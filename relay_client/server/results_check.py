@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from typing import AsyncIterator
 
 from fastapi import Request
+from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -177,7 +178,7 @@ def _read(f: IncomingFile) -> bytes:
 
 
 @asynccontextmanager
-async def decode_slot(app: Any) -> AsyncIterator[None]:
+async def decode_slot(app: Starlette) -> AsyncIterator[None]:
     """One of the DECODE_SLOTS of this relay process (waited for without holding a thread)."""
     slots = getattr(app.state, "decode_slots", None)
     if slots is None:
