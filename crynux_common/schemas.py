@@ -14,6 +14,7 @@ Public API:
     strict_json_loads(raw) -> Any  JSON without duplicate keys, NaN/Infinity or nesting deeper
                                    than MAX_JSON_DEPTH; raises JsonRejected (a ValueError)
     model_id(kind, name) / split_model_id(id)
+    check_model_name(name), parse_model_id(id)   names that can exist (else ValueError)
 """
 from __future__ import annotations
 
@@ -23,7 +24,15 @@ from enum import IntEnum
 from itertools import accumulate
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 #: Major version of the argument format this code understands; minor versions only add
 #: optional fields with defaults that keep old behaviour.
@@ -41,8 +50,14 @@ MAX_MESSAGES = 256
 #: Deepest nesting of objects/arrays accepted in argument and result JSON (ours nest 3 deep).
 MAX_JSON_DEPTH = 32
 
-#: Model names: Hugging Face style (`org/name`, dots, dashes, underscores), no spaces.
-MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._\-/]{0,199}$"
+#: Model names are Hugging Face style repository names: `name` or `org/name`. Each part is
+#: 1 to MODEL_NAME_PART_MAX_CHARS ASCII letters, digits, '.', '_' or '-', starts and ends with
+#: a letter, digit or '_', holds no '..' or '--' and does not end in '.git' (the Hub's own
+#: rules). Anything else (path traversal, absolute paths, backslashes, empty parts, spaces,
+#: over-long names) names no model that can exist anywhere: the task gets the error score.
+MODEL_NAME_PART_MAX_CHARS = 96
+MODEL_NAME_PART_PATTERN = r"^[A-Za-z0-9_](?:[A-Za-z0-9._\-]*[A-Za-z0-9_])?$"
+_MODEL_NAME_PART = re.compile(MODEL_NAME_PART_PATTERN)
 
 MODEL_KINDS = ("base", "lora")
 
@@ -166,7 +181,43 @@ def _strip_kind(value: Any, kind: str) -> Any:
     return value
 
 
-ModelName = Annotated[str, Field(pattern=MODEL_NAME_PATTERN)]
+def check_model_name(name: str) -> str:
+    """`name` if it can name a model (see MODEL_NAME_PART_PATTERN); else ValueError saying why."""
+    shown = repr(name if len(name) <= 80 else name[:80] + "...")
+    if not name:
+        raise ValueError("model name is empty")
+    if name.startswith("/") or "\\" in name or ".." in name:
+        raise ValueError(f"model name {shown} looks like a file path ('/' first, '\\' or '..')")
+    parts = name.split("/")
+    if len(parts) > 2:
+        raise ValueError(f"model name {shown} has more than one '/' (expected 'name' or 'org/name')")
+    for part in parts:
+        if not part:
+            raise ValueError(f"model name {shown} has an empty part")
+        if len(part) > MODEL_NAME_PART_MAX_CHARS:
+            raise ValueError(
+                f"model name {shown}: a part is {len(part)} characters, limit {MODEL_NAME_PART_MAX_CHARS}"
+            )
+        if "--" in part:
+            raise ValueError(f"model name {shown}: '--' is not allowed")
+        if not _MODEL_NAME_PART.fullmatch(part):
+            raise ValueError(
+                f"model name {shown}: only ASCII letters, digits, '.', '_', '-' (a part starts and "
+                "ends with a letter, digit or '_')"
+            )
+    if name.endswith(".git"):
+        raise ValueError(f"model name {shown} ends in '.git'")
+    return name
+
+
+def parse_model_id(mid: str) -> tuple[str, str]:
+    """split_model_id, and the name must be one that can exist (check_model_name)."""
+    kind, name = split_model_id(mid)
+    check_model_name(name)
+    return kind, name
+
+
+ModelName = Annotated[str, AfterValidator(check_model_name)]
 
 
 class _Strict(BaseModel):

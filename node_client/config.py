@@ -10,7 +10,9 @@
     gpu: {name: "CPU-TEST", vram_gb: 8}  # declare this instead of the detected hardware
     models:
       tiny_models: true
-      models: [{id: "base:my-sd", path: /models/sd15}]
+      models: [{id: "base:my-sd", path: /models/sd15}, {id: "base:stabilityai/sd-turbo"}]
+      allowed_repos: []                  # extra Hub repos tasks may name ("org/*" patterns)
+      max_download_bytes: 34359738368    # 32 GiB per model
 
 Every field can be set from the environment: CRYNUX_NODE_RPC_URL, CRYNUX_NODE_POLL_INTERVAL,
 nested ones with "__": CRYNUX_NODE_MODELS__TINY_MODELS=false, CRYNUX_NODE_GPU__NAME=...
@@ -65,8 +67,15 @@ class ModelsConfig(BaseModel):
 
     models: list[ModelSourceConfig] = Field(default_factory=list)
     hf_cache_dir: Path | None = None
+    #: Download configured (and allow-listed) Hugging Face models that are not cached yet.
     allow_download: bool = True
-    implicit_hf: bool = True
+    #: Repos an unconfigured task model `base:org/name` may be downloaded from (fnmatch
+    #: patterns, e.g. "stabilityai/*"); empty: a task never makes the node fetch anything.
+    allowed_repos: list[str] = Field(default_factory=list)
+    #: Use unconfigured `base:org/name` models already in the local HF cache (no download).
+    implicit_hf: bool = False
+    #: Largest download of one model (configs + safetensors, sizes checked on the Hub first).
+    max_download_bytes: int | None = Field(default=32 * 2**30, gt=0)
     tiny_models: bool = True
     tiny_cache_dir: Path | None = None
 

@@ -17,7 +17,10 @@ keeps disclosing while a task computes and survives any crash of the engine.
 
 Failures of this node (InferenceFailure, a dead engine) never produce a commitment: the
 engine is restarted and the task retried once more; then it is left to time out. Invalid
-arguments produce the error score like any other result.
+arguments produce the error score like any other result; so does a model name that cannot
+exist (path traversal, bad characters: crynux_common.schemas.check_model_name). A
+well-formed model this node does not hold and may not download (ModelUnavailable) is a
+failure of this node, not of the task: nothing is committed (see `_engine_failed`).
 
 SIGTERM / SIGINT: pause on-chain at once (no new task is assigned), finish the current task,
 exit. A second signal exits immediately (the journal keeps everything needed).
@@ -547,6 +550,13 @@ class Worker:
         entry = self.journal.update(task_id, failures=failures, error=reason)
         if failures >= self.cfg.max_inference_attempts:
             task = self.chain.get_task(task_id)
+            if reason.startswith("ModelUnavailable"):
+                # A well-formed model this node cannot obtain: no error score (an auditor that
+                # holds the model computes a real result, so it would be slashable).
+                log.error("task %d: this node cannot obtain a model the task names (%s): committing "
+                          "nothing, the task will time out; to take such tasks configure the model "
+                          "(models:) or allow its repo (allowed_repos:)", task_id,
+                          reason.removeprefix("ModelUnavailable: "))
             self._abandon(entry, task, f"inference failed {failures} times (last: {reason})")
         else:
             log.warning("task %d: retrying on a fresh engine (attempt %d of %d)", task_id, failures + 1,

@@ -122,8 +122,11 @@ def generate_images(
             weight = lora_weight_file(lora_folder, args.lora.weight_file_name)
             lora_loaded = True  # from here on, clean up even after a partial load
             try:
+                # use_safetensors=True: diffusers never falls back to torch.load (pickle),
+                # even for a file named .safetensors that safetensors cannot read.
                 pipe.load_lora_weights(
-                    str(lora_folder), weight_name=weight, adapter_name=LORA_ADAPTER
+                    str(lora_folder), weight_name=weight, adapter_name=LORA_ADAPTER,
+                    use_safetensors=True, local_files_only=True,
                 )
             except Exception as e:
                 if is_oom(e):

@@ -114,6 +114,25 @@ def test_argumentsNamingOtherModels_areInvalid(net: Network, node: NodeProc) -> 
     assert "not the models the task declares" in (entry.note or "")
 
 
+def test_traversalLoraName_errorScoreCommittedOnChain_creatorPays(net: Network, node: NodeProc) -> None:
+    """A LoRA name that cannot exist (path traversal) is invalid arguments: the node commits
+    the error score instead of trying to fetch it and timing out; the creator pays the fee."""
+    lora = "lora:x/../../../../etc/passwd"
+    before = net.token.balanceOf(net.creator)
+    args = image_args(44, lora={"model": lora})
+    task_id = net.create_task(args, GPU, models=["base:tiny-sd", lora])
+    assert net.wait_final(task_id, TIMEOUT, [node]) == TaskStatus.SUCCESS
+    entry = node.entry(task_id)
+    assert entry is not None and entry.score == scores.ERROR_SCORE
+    assert "lora.model" in (entry.note or "") and "file path" in (entry.note or "")
+    assert bytes(net.market.commitmentOf(task_id, node.address)) == scores.commitment(
+        task_id, node.address, scores.ERROR_SCORE, entry.salt)
+    assert [int(e.outcome) for e in net.events("TaskSettled", task_id)] == [Outcome.SUCCESS]
+    assert net.token.balanceOf(net.creator) == before - 10 * CNX
+    manifest, files = net.results(task_id)
+    assert files == [] and manifest.score == "0x"
+
+
 def test_argumentsNeverUploaded_errorScoreAfterTheGrace_creatorPays(net: Network, node: NodeProc) -> None:
     """A creator who never uploads the arguments does not cost the node a timeout (QoS 0):
     once the relay's 30 s grace (chain time) is over it answers 410 and the node commits the
@@ -145,6 +164,9 @@ def test_inferenceFailure_restartsEngine_commitsNothing_andTimesOut(net: Network
     entry = node.entry(task_id)
     assert entry.failures == 2 and "ModelUnavailable" in (entry.error or "")
     assert node.log().count("restarting the engine process") >= 2
+    # One clear line says why nothing is committed (not held, not allow-listed).
+    assert node.log().count(f"task {task_id}: this node cannot obtain a model the task names") == 1
+    assert "allowed_repos" in node.log()
     # Never a false error score: nothing was committed, the task waits for its timeout.
     assert bytes(net.market.commitmentOf(task_id, node.address)) == b"\x00" * 32
     assert net.status(task_id) == TaskStatus.STARTED

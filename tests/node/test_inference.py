@@ -135,10 +135,10 @@ def test_run_lora_changesResultThenUnloads(engine):
         (IMAGE, b"{not json", "not JSON"),
         (IMAGE, encode(image_args(task_config={"image_width": 100})), "multiple of 8"),
         (IMAGE, encode(image_args(task_config={"num_images": 11})), "num_images"),
-        (IMAGE, encode(image_args(base_model="base:no-such-model")), "unknown model"),
+        (IMAGE, encode(image_args(base_model="base:../no-such-model")), "file path"),
         (IMAGE, encode(image_args(base_model="base:tiny-gpt2")), "not a diffusers pipeline"),
         (TEXT, encode(text_args(model="base:tiny-sd")), "not a language model"),
-        (IMAGE, encode(image_args(lora={"model": "lora:nope"})), "unknown model"),
+        (IMAGE, encode(image_args(lora={"model": "lora:nope/../../x"})), "file path"),
         (IMAGE, encode(text_args()), "invalid image task arguments"),
         (TEXT, encode(text_args(generation_config={"max_new_tokens": 512, "min_new_tokens": 1})),
          "context"),
@@ -169,9 +169,16 @@ def test_run_errorScoresOfTwoNodesMatch(engine, second_node):
 # --- node failures: raised, never an error score ---------------------------------------
 
 
-def test_run_failsIfModelNotDownloadable_raisesModelUnavailable(engine):
-    with pytest.raises(ModelUnavailable, match="downloads are off"):
-        engine.run(IMAGE, encode(image_args(base_model="base:some-org/some-model")))
+@pytest.mark.parametrize(
+    "over",
+    [{"base_model": "base:some-org/some-model"}, {"base_model": "base:no-such-model"},
+     {"lora": {"model": "lora:nope"}}],
+)
+def test_run_failsIfModelNotHeldNorAllowed_raisesModelUnavailable(engine, over):
+    """Well-formed names another node may hold: never an error score (an auditor holding the
+    model would compute a real result), never a download (not configured, not allow-listed)."""
+    with pytest.raises(ModelUnavailable, match="not held by this node"):
+        engine.run(IMAGE, encode(image_args(**over)))
 
 
 def test_run_failsIfOutOfMemory_raisesAndUnloads(fresh_engine, monkeypatch):
