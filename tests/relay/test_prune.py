@@ -146,3 +146,36 @@ def test_prune_removesOldKeepsRecentAndUnfinished_whileTheRelayServes(network: N
 
     # A second run finds nothing more to delete.
     assert "removed 0 deliveries (0 files, 0 bytes) and 0 argument uploads" in run_prune(network, relay, 30)
+
+
+def test_pruneOfASharedArgsBlob_racingAnUpload_leavesTheBlobForTheNewRow(db_url: str, tmp_path: Path):
+    """The arguments blob is shared by every uploader of the same bytes. Prune deletes it under
+    the arguments write lock; an upload of the same bytes by someone else in that moment waits
+    for the lock, then finds the blob gone and writes it again."""
+    from relay_client.storage import Store
+
+    repo = Repository.connect(db_url)
+    store = Store(repo, LocalBlobStore(tmp_path / "blobs"))
+    data = image_args(424242)
+    args_hash = "0x" + keccak(data).hex()
+    uploader_a, uploader_b = "0x" + "aa" * 20, "0x" + "bb" * 20
+    store.save_args(args_hash, uploader_a, data)
+    racer: list[threading.Thread] = []
+    outcome: list[object] = []
+
+    def drop(key: str) -> None:
+        t = threading.Thread(target=lambda: outcome.append(store.save_args(args_hash, uploader_b, data)))
+        t.start()
+        racer.append(t)
+        t.join(0.5)
+        assert t.is_alive(), "the upload should wait for the prune's lock"
+        store.blobs.delete(key)
+
+    try:
+        assert repo.delete_args(args_hash, uploader_a, time.time() + 1, drop)
+        racer[0].join(30)
+        assert outcome and outcome[0][1] is True  # type: ignore[index]
+        assert repo.get_args(args_hash, uploader_a) is None
+        assert store.load_args(repo.get_args(args_hash, uploader_b)) == data  # type: ignore[arg-type]
+    finally:
+        repo.close()
