@@ -31,9 +31,10 @@ class BlobNotFound(BlobError):
     """No blob under that key."""
 
 
-class BlobUnavailable(BlobError):
+class BlobUnavailable(BlobError, OSError):
     """The store cannot be read or written (folder gone or read-only, disk full, bucket
-    unreachable): transient for the relay, which answers 503 until it is repaired."""
+    unreachable): transient for the relay, which answers 503 until it is repaired. An OSError
+    too, for callers that handled the local store's errors as such."""
 
 
 @contextlib.contextmanager
