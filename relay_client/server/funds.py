@@ -128,7 +128,8 @@ class FundsMonitor:
             was_low = self._last is not None and self._last.low
             self._last = status
             now = status.checked_at
-            warn = status.low and (not was_low or self._warned_at is None or now - self._warned_at >= self._warn_every_s)
+            due = self._warned_at is None or now - self._warned_at >= self._warn_every_s
+            warn = status.low and (not was_low or due)
             if warn:
                 self._warned_at = now
         if self._gauges is not None:
@@ -145,4 +146,5 @@ class FundsMonitor:
                 status.attest_gas, status.warn_below,
             )
         elif was_low and not status.low:
-            log.info("relay account %s funded again: ~%d attestations covered", address, status.attestations_covered)
+            log.info("relay account %s funded again: ~%d attestations covered",
+                     address, status.attestations_covered)

@@ -83,8 +83,8 @@ def _log_changes(request: Request, problems: list[str]) -> None:
 
 
 @router.get("/health", response_model=Health, summary="Liveness and dependencies", tags=["public"],
-            responses={503: {"model": Health, "description": "The database or blob store cannot take writes, "
-                                                             "the chain is unreachable or the relay is out of gas"}})
+            responses={503: {"model": Health, "description": "The database or blob store cannot take "
+                             "writes, the chain is unreachable or the relay is out of gas"}})
 async def health(request: Request) -> Response:
     c = ctx(request)
     (db_ok, pending, db_problem), (blobs_ok, blob_problem), (block, funds, chain_problem) = await asyncio.gather(

@@ -58,7 +58,8 @@ def backdate(relay: RelayProcess, days: float, *, task_id: int | None = None, ar
 def run_prune(network: Network, relay: RelayProcess, days: float) -> str:
     done = subprocess.run(
         [sys.executable, "-m", "relay_client.cli", "prune", "--older-than", str(days), "--rpc", network.rpc_url,
-         "--deployment", str(relay.deployment), "--data", str(relay.data), "--build-dir", str(REPO_ROOT / ".build")],
+         "--deployment", str(relay.deployment), "--data", str(relay.data),
+         "--build-dir", str(REPO_ROOT / ".build")],
         capture_output=True, text=True, timeout=120, cwd=REPO_ROOT,
     )
     assert done.returncode == 0, done.stderr
@@ -137,7 +138,8 @@ def test_prune_removesOldKeepsRecentAndUnfinished_whileTheRelayServes(network: N
     finally:
         repo.close()
     assert client(relay, network, network.other_app).get_own_args(keccak(shared)) == shared
-    assert client(relay, network, network.creator).download_results(recent.task_id) == [f.data for f in recent.files]
+    app = client(relay, network, network.creator)
+    assert app.download_results(recent.task_id) == [f.data for f in recent.files]
 
     # Arguments pruned may be uploaded again (e.g. for a new task): stored and served again.
     again = client(relay, network, network.creator).put_args(old.args)
