@@ -82,6 +82,7 @@ def test_writeLockedDatabase_answers503WithinTheLockTimeout_andHealthSaysDatabas
         elapsed = time.monotonic() - started
         assert_storage_503(r)
         assert elapsed < 10, f"the request waited {elapsed:.1f} s for the lock"
+        print(f"locked database: 503 after {elapsed:.2f} s (lock timeout 2 s)")
         h = health(relay)
         assert h.status_code == 503
         body = h.json()
@@ -186,3 +187,19 @@ def test_drainedRelayAccount_warnsThenHealthFails_andAttestsOnceFunded(
         assert_no_traceback(relay)
     finally:
         relay.stop()
+
+
+def test_unreachableChain_healthIs503AndSaysChain(network: Network, tmp_path: Path):
+    from .helpers import free_port
+
+    dead = RelayProcess(rpc=f"http://127.0.0.1:{free_port()}", key=network.relay_key, data=tmp_path / "data",
+                        deployment=network.write_deployment(tmp_path / "deployment.json")).start()
+    try:
+        h = health(dead)
+        assert h.status_code == 503
+        body = h.json()
+        assert body["status"] == "unhealthy" and body["chain"] is False and body["funds"] is None
+        assert body["database"] is True and body["blob_store"] is True
+        assert any(p.startswith("chain:") for p in body["problems"])
+    finally:
+        dead.stop()
