@@ -85,6 +85,15 @@ class AttestResult:
     tx_hash: str | None  # None when the task was already marked delivered on-chain
     block_number: int | None
     already_delivered: bool
+    gas_used: int | None = None  # of the mined attestation
+
+
+@dataclass(frozen=True)
+class RelayFunds:
+    """The relay account's balance and the chain's current gas price (wei)."""
+
+    balance_wei: int
+    gas_price_wei: int
 
 
 class TaskChain(Protocol):
@@ -407,6 +416,17 @@ class Web3TaskChain:
         (has,) = self._call(self._market_fns, market, "hasRole", role, self._account.address)
         return bool(has)
 
+    def relay_funds(self) -> RelayFunds | None:
+        """The relay account's balance and the gas price (None without a key)."""
+        if self._account is None:
+            return None
+        try:
+            balance = int(self._rpc("eth_getBalance", [self._account.address, "latest"]), 16)
+            price = int(self._rpc("eth_gasPrice", []), 16)
+        except ValueError as exc:
+            raise ChainUnavailable(f"cannot read the relay's balance: {exc}") from exc
+        return RelayFunds(balance, price)
+
     # --- attestation ----------------------------------------------------------------------
 
     def _fees(self) -> dict[str, int]:
@@ -482,8 +502,9 @@ class Web3TaskChain:
                     if again is not None and again.delivered:
                         return AttestResult(task_id, None, None, already_delivered=True)
                     raise AttestRejected(f"attestDelivery({task_id}) reverted in tx {tx_hash}")
-                log.info("attestDelivery(%d) mined in block %d", task_id, block)
-                return AttestResult(task_id, tx_hash, block, already_delivered=False)
+                gas_used = int(receipt.get("gasUsed", "0x0"), 16) or None
+                log.info("attestDelivery(%d) mined in block %d (gas %s)", task_id, block, gas_used)
+                return AttestResult(task_id, tx_hash, block, already_delivered=False, gas_used=gas_used)
             except AttestRejected:
                 raise
             except (ChainUnavailable, ValueError) as exc:

@@ -3,6 +3,8 @@
     crynux-relay serve --rpc http://127.0.0.1:8545 --deployment deployment.json --data ./relay-data \\
         [--db postgresql://user@host/db] [--s3-bucket B --s3-endpoint URL ...] \\
         [--key-file relay.key | env CRYNUX_RELAY_KEY] [--host 127.0.0.1 --port 8080]
+    crynux-relay prune --older-than DAYS --rpc URL --deployment deployment.json --data ./relay-data \\
+        [--db URL] [--s3-bucket B ...]
 
 The relay's key (a hex private key) signs ``attestDelivery``; the market must have granted
 its address RELAY_ROLE. Without ``--db`` the database is SQLite in ``DATA/relay.sqlite3``;
@@ -52,7 +54,92 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--gc-grace", type=float, default=0.0,
                        help="only delete unreferenced blobs older than this at startup (shared stores)")
     serve.add_argument("--log-level", default="info")
+    _add_ops_serve_args(serve)
+    _add_prune_parser(sub)
     return parser
+
+
+def _add_ops_serve_args(serve: argparse.ArgumentParser) -> None:
+    from .server.funds import DEFAULT_WARN_BELOW
+    from .storage.repository import DEFAULT_LOCK_TIMEOUT_S
+
+    serve.add_argument("--db-lock-timeout", type=float, default=DEFAULT_LOCK_TIMEOUT_S,
+                       help="seconds a database write waits for a lock held elsewhere before the request is "
+                            "answered 503 (SQLite busy timeout, PostgreSQL lock_timeout)")
+    serve.add_argument("--gas-warn-attestations", type=int, default=DEFAULT_WARN_BELOW,
+                       help="log a warning when the relay account's ETH pays for fewer delivery attestations "
+                            "than this")
+
+
+def _add_prune_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    prune = sub.add_parser(
+        "prune", help="delete old results and arguments (safe while the relay serves)",
+        description="Deletes the results of deliveries attested more than DAYS ago, and arguments last "
+                    "used more than DAYS ago whose tasks are all final on-chain. Safe to run (e.g. daily "
+                    "from cron) while the relay serves the same database and blob store.",
+    )
+    prune.add_argument("--older-than", required=True, type=float, metavar="DAYS", help="age in days (> 0)")
+    prune.add_argument("--rpc", required=True, help="JSON-RPC URL of the chain (to check that tasks are final)")
+    prune.add_argument("--deployment", required=True, type=Path, help="deployment JSON (contract addresses)")
+    prune.add_argument("--build-dir", type=Path, default=Path(".build"))
+    prune.add_argument("--data", required=True, type=Path, help="the relay's data folder")
+    prune.add_argument("--db", help="SQLAlchemy database URL (default: SQLite in DATA)")
+    prune.add_argument("--s3-bucket")
+    prune.add_argument("--s3-endpoint")
+    prune.add_argument("--s3-prefix", default="")
+    prune.add_argument("--s3-region", default=None)
+    prune.add_argument("--s3-access-key", default=os.environ.get("AWS_ACCESS_KEY_ID"))
+    prune.add_argument("--s3-secret-key", default=os.environ.get("AWS_SECRET_ACCESS_KEY"))
+    prune.add_argument("--log-level", default="warning")
+
+
+def prune(args: argparse.Namespace) -> int:
+    from crynux_common.enums import TaskStatus
+
+    from .chain import ChainError, DeploymentError, Web3TaskChain, load_deployment
+    from .storage import LocalBlobStore, Repository, S3BlobStore, StorageError, Store
+    from .storage.prune import TaskFacts, prune as run_prune
+
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    if not args.older_than > 0:
+        log.error("--older-than must be a positive number of days")
+        return 2
+    try:
+        chain = Web3TaskChain(args.rpc, load_deployment(args.deployment, args.build_dir), None)
+    except DeploymentError as exc:
+        log.error("%s", exc)
+        return 2
+    data: Path = args.data
+    db_url = args.db or f"sqlite:///{(data / 'relay.sqlite3').resolve()}"
+    if not args.db and not (data / "relay.sqlite3").is_file():
+        log.error("no relay database in %s (give --data or --db)", data)
+        return 2
+    repo = Repository.connect(db_url)
+    if args.s3_bucket:
+        blobs = S3BlobStore(
+            args.s3_bucket, prefix=args.s3_prefix, endpoint_url=args.s3_endpoint, region=args.s3_region,
+            access_key=args.s3_access_key, secret_key=args.s3_secret_key,
+        )
+    else:
+        blobs = LocalBlobStore(data / "blobs")
+
+    def facts(task_id: int) -> TaskFacts | None:
+        task = chain.get_task(task_id)
+        if task is None:
+            return None
+        return TaskFacts("0x" + task.args_hash.hex(), task.creator, TaskStatus(task.status).is_final)
+
+    try:
+        report = run_prune(Store(repo, blobs), args.older_than * 86400.0, facts)
+    except (StorageError, ChainError) as exc:
+        log.error("prune stopped: %s", exc)
+        return 1
+    finally:
+        repo.close()
+    print(f"crynux-relay prune --older-than {args.older_than:g}: {report.summary()}")
+    return 0 if report.chain_error is None else 1
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -76,7 +163,7 @@ def serve(args: argparse.Namespace) -> int:
     data: Path = args.data
     data.mkdir(parents=True, exist_ok=True)
     db_url = args.db or f"sqlite:///{(data / 'relay.sqlite3').resolve()}"
-    repo = Repository.connect(db_url)
+    repo = Repository.connect(db_url, lock_timeout_s=args.db_lock_timeout)
     if args.s3_bucket:
         blobs = S3BlobStore(
             args.s3_bucket, prefix=args.s3_prefix, endpoint_url=args.s3_endpoint, region=args.s3_region,
@@ -96,6 +183,7 @@ def serve(args: argparse.Namespace) -> int:
         args_grace_s=args.args_grace,
     )
     app = create_app(chain, Store(repo, blobs), settings)
+    app.state.relay.attestor.funds.warn_below = args.gas_warn_attestations
     log.info(
         "relay %s serving %s on http://%s:%d; database %s; blobs: %s",
         account.address if account else "(no key)", chain.describe(), args.host, args.port,
@@ -109,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return serve(args)
+    if args.command == "prune":
+        return prune(args)
     return 2
 
 

@@ -15,12 +15,16 @@ from typing import Callable, Literal
 from starlette.concurrency import run_in_threadpool
 
 from ..chain import AttestRejected, ChainError, TaskChain
-from ..storage import Repository
+from ..storage import Repository, StorageError
+from .funds import FundsMonitor
 from .metrics import RelayMetrics
 
 log = logging.getLogger(__name__)
 
 AttestState = Literal["mined", "already_delivered", "pending", "rejected"]
+
+#: How often the worker re-reads the relay's balance (it warns when low).
+FUNDS_CHECK_INTERVAL_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,7 @@ class Attestor:
         self._deadline_s = deadline_s
         self._inflight: set[int] = set()
         self._lock = threading.Lock()
+        self.funds = FundsMonitor(chain, metrics)
 
     def attest(self, task_id: int, wait_s: float | None = None,
                on_sent: Callable[[], None] | None = None) -> AttestOutcome:
@@ -63,7 +68,10 @@ class Attestor:
                 log.warning("attestation of task %d still pending: %s", task_id, exc)
                 self._repo.note_attest_error(task_id, str(exc))
                 self._metrics.attestations.labels("retry").inc()
+                if "insufficient funds" in str(exc).lower():
+                    self._check_funds()  # logs the low-balance warning
                 return AttestOutcome("pending", error=str(exc))
+            self.funds.record_gas(result.gas_used)
             self._repo.mark_attested(task_id, result.tx_hash)
             if result.already_delivered:
                 self._metrics.attestations.labels("already").inc()
@@ -79,6 +87,12 @@ class Attestor:
         if on_sent is not None:
             on_sent()
 
+    def _check_funds(self) -> None:
+        try:
+            self.funds.refresh()
+        except ChainError as exc:
+            log.warning("cannot read the relay's balance: %s", exc)
+
     def retry_pending_once(self) -> int:
         """Attests every pending delivery once; returns how many are still pending."""
         pending = self._repo.pending_attestations()
@@ -90,10 +104,17 @@ class Attestor:
         return left
 
     async def run(self, interval_s: float, stop: asyncio.Event) -> None:
-        """The background worker: every ``interval_s``, retry what is pending."""
+        """The background worker: every ``interval_s``, retry what is pending; every
+        FUNDS_CHECK_INTERVAL_S, check the relay's balance (a warning when low)."""
+        funds_checked = float("-inf")
         while not stop.is_set():
+            if time.monotonic() - funds_checked >= FUNDS_CHECK_INTERVAL_S:
+                funds_checked = time.monotonic()
+                await run_in_threadpool(self._check_funds)
             try:
                 await run_in_threadpool(self.retry_pending_once)
+            except StorageError as exc:  # a locked or broken database: the next round retries
+                log.warning("the attestation worker skipped a round: %s", exc)
             except Exception:  # keep the worker alive; the next round retries
                 log.exception("the attestation worker failed a round")
             try:

@@ -2,23 +2,29 @@
 types, task lookup and hex helpers."""
 from __future__ import annotations
 
+import logging
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Annotated, AsyncIterator, Callable
+from typing import Annotated, AsyncIterator, Callable, Iterator
 
-from fastapi import Depends, Path, Request
+from fastapi import Depends, Path, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from ..chain import ChainUnavailable, TaskChain, TaskView
-from ..storage import Store
+from ..storage import BlobUnavailable, Store, StorageUnavailable
 from .attest import Attestor
 from .auth import Authenticator, Signer
 from .body import Body, read_body
-from .errors import ApiError, bad_request, chain_unavailable, not_found
+from .errors import ApiError, api_error_handler, bad_request, chain_unavailable, not_found
 from .metrics import RelayMetrics
 from .notify import CreatorCache, DeliveryNotifier
 from .settings import RelaySettings
 
+log = logging.getLogger(__name__)
+
 MAX_DB_TASK_ID = 2**63 - 1
+#: Retry-After of a 503 while the database or the blob store is unavailable.
+STORAGE_RETRY_AFTER_S = 5
 
 TaskId = Annotated[int, Path(ge=0, lt=2**256, description="the on-chain task id")]
 ArgsHash = Annotated[str, Path(pattern=r"^0x[0-9a-fA-F]{64}$", description="keccak256 of the arguments, 0x-hex")]
@@ -55,6 +61,28 @@ def ctx(request: Request) -> RelayContext:
     return request.app.state.relay  # type: ignore[no-any-return]
 
 
+def storage_unavailable(request: Request, exc: Exception) -> ApiError:
+    """The 503 of a request the database or blob store could not serve, logged on one line."""
+    log.warning("%s %s: %s; answered 503", request.method, request.url.path, exc)
+    return ApiError(503, "storage_unavailable", f"the relay's storage is unavailable, retry later: {exc}",
+                    headers={"Retry-After": str(STORAGE_RETRY_AFTER_S)})
+
+
+@contextmanager
+def storage_guard(request: Request) -> Iterator[None]:
+    """Turns StorageUnavailable / BlobUnavailable raised inside into that 503."""
+    try:
+        yield
+    except (StorageUnavailable, BlobUnavailable) as exc:
+        raise storage_unavailable(request, exc) from exc
+
+
+async def storage_unavailable_handler(request: Request, exc: Exception) -> Response:
+    """An app-wide handler for the same errors raised outside a signed route (for
+    ``app.add_exception_handler((StorageUnavailable, BlobUnavailable), ...)``)."""
+    return await api_error_handler(request, storage_unavailable(request, exc))
+
+
 @dataclass
 class Signed:
     """An authenticated request: its signer and its body (spooled, hashed)."""
@@ -74,12 +102,15 @@ class SignedRequest:
         c = ctx(request)
         body = await read_body(request, self._limit(c.settings))
         try:
-            try:
-                signer = await c.auth.authenticate(request, body.sha256)
-            except ApiError as exc:
-                c.metrics.auth_failures.labels(exc.code).inc()
-                raise
-            yield Signed(signer, body)
+            # Storage failures of the signature check (its replay record) and of the route
+            # itself (raised into this generator) become a 503 with Retry-After.
+            with storage_guard(request):
+                try:
+                    signer = await c.auth.authenticate(request, body.sha256)
+                except ApiError as exc:
+                    c.metrics.auth_failures.labels(exc.code).inc()
+                    raise
+                yield Signed(signer, body)
         finally:
             body.close()
 

@@ -16,11 +16,12 @@ class ErrorBody(BaseModel):
 class ApiError(Exception):
     """Raised by handlers; becomes an HTTP answer with ``status`` and an ErrorBody."""
 
-    def __init__(self, status: int, code: str, detail: str) -> None:
+    def __init__(self, status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(f"{status} {code}: {detail}")
         self.status = status
         self.code = code
         self.detail = detail
+        self.headers = headers
 
 
 def bad_request(code: str, detail: str) -> ApiError:
@@ -61,7 +62,8 @@ def chain_unavailable(detail: str) -> ApiError:
 
 async def api_error_handler(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    headers = {"WWW-Authenticate": "Crynux-Signature"} if exc.status == 401 else None
+    headers = {"WWW-Authenticate": "Crynux-Signature"} if exc.status == 401 else {}
+    headers.update(exc.headers or {})
     return JSONResponse(
         ErrorBody(error=exc.code, detail=exc.detail).model_dump(), status_code=exc.status, headers=headers
     )
@@ -74,6 +76,6 @@ def responses(*statuses: int) -> dict[int | str, dict[str, object]]:
         403: "Signer not allowed", 404: "Unknown task or data", 409: "Not in a state that allows this",
         410: "Gone for good (e.g. arguments never uploaded in time)",
         413: "Body over the size limit (nothing stored)", 422: "Content does not match its hash, score or commitment",
-        503: "Chain unreachable",
+        503: "Chain or storage unavailable (retry after Retry-After seconds)",
     }
     return {s: {"model": ErrorBody, "description": text.get(s, "Error")} for s in statuses}

@@ -65,10 +65,29 @@ class NetworkStats(BaseModel):
     chain: dict[str, int] | None = Field(description="numbers read from the chain; null when it is unreachable")
 
 
+class RelayFundsOut(BaseModel):
+    """The relay account's gas: what its attestations of deliveries cost and how many it pays for."""
+
+    balance_wei: int
+    balance_eth: float
+    gas_price_wei: int
+    attest_gas: int = Field(description="gas of one attestDelivery: the average of the relay's own, or "
+                                        "an upper estimate before it has mined any")
+    attest_gas_measured: bool
+    attestations_covered: int = Field(description="balance // (attest_gas x gas price)")
+    warn_below: int = Field(description="a warning is logged below this many attestations")
+    low: bool
+
+
 class Health(BaseModel):
-    status: Literal["ok", "degraded"]
-    database: bool
+    status: Literal["ok", "degraded", "unhealthy"] = Field(
+        description="unhealthy (HTTP 503): the database or blob store cannot take writes, the chain is "
+        "unreachable or the relay cannot pay for an attestation; degraded: low on gas or no relay key")
+    database: bool = Field(description="the database answers and takes writes")
+    blob_store: bool = Field(True, description="the blob store takes writes")
     chain: bool
     block_number: int | None
     relay_address: str
     pending_attestations: int
+    funds: RelayFundsOut | None = Field(None, description="null without a relay key or when the chain is down")
+    problems: list[str] = Field(default_factory=list, description="what is wrong, one line each")

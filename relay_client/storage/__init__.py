@@ -1,5 +1,5 @@
 """Relay persistence: SQL rows (SQLite by default, PostgreSQL by URL) and blobs (files or S3)."""
-from .blobs import BlobError, BlobNotFound, BlobStore, LocalBlobStore, S3BlobStore
+from .blobs import BlobError, BlobNotFound, BlobStore, BlobUnavailable, LocalBlobStore, S3BlobStore
 from .repository import (
     AlreadyDelivered,
     ArgsRecord,
@@ -8,6 +8,7 @@ from .repository import (
     ResultFile,
     StorageError,
     StorageStats,
+    StorageUnavailable,
     make_engine,
 )
 from .store import IncomingFile, RecoveryReport, Store
@@ -15,5 +16,5 @@ from .store import IncomingFile, RecoveryReport, Store
 __all__ = [
     "AlreadyDelivered", "ArgsRecord", "BlobError", "BlobNotFound", "BlobStore", "Delivery",
     "IncomingFile", "LocalBlobStore", "RecoveryReport", "Repository", "ResultFile", "S3BlobStore",
-    "StorageError", "StorageStats", "Store", "make_engine",
+    "StorageError", "StorageStats", "StorageUnavailable", "Store", "make_engine", "BlobUnavailable",
 ]

@@ -6,6 +6,7 @@ atomic by itself. Keys are relative paths of ``[A-Za-z0-9._-]`` segments joined 
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -28,6 +29,24 @@ class BlobError(Exception):
 
 class BlobNotFound(BlobError):
     """No blob under that key."""
+
+
+class BlobUnavailable(BlobError, OSError):
+    """The store cannot be read or written (folder gone or read-only, disk full, bucket
+    unreachable): transient for the relay, which answers 503 until it is repaired. An OSError
+    too, for callers that handled the local store's errors as such."""
+
+
+@contextlib.contextmanager
+def _io(op: str, key: str) -> Iterator[None]:
+    """Turns an OS error of a local blob operation into BlobUnavailable (FileNotFoundError of
+    a read stays BlobNotFound at the call site)."""
+    try:
+        yield
+    except BlobError:
+        raise
+    except OSError as exc:
+        raise BlobUnavailable(f"cannot {op} blob {key}: {exc.strerror or exc}") from exc
 
 
 def check_key(key: str) -> str:
@@ -96,19 +115,21 @@ class LocalBlobStore:
 
     def _write(self, key: str, write: "callable[[BinaryIO], int]") -> int:  # type: ignore[valid-type]
         final = self._path(key)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex}{_TMP_SUFFIX}")
-        try:
-            with open(tmp, "wb") as out:
-                size = write(out)
-                out.flush()
-                if self._fsync:
-                    os.fsync(out.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        self._fsync_dir(final.parent)
+        with _io("write", key):
+            final.parent.mkdir(parents=True, exist_ok=True)
+            tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex}{_TMP_SUFFIX}")
+            try:
+                with open(tmp, "wb") as out:
+                    size = write(out)
+                    out.flush()
+                    if self._fsync:
+                        os.fsync(out.fileno())
+                os.replace(tmp, final)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    tmp.unlink(missing_ok=True)
+                raise
+            self._fsync_dir(final.parent)
         return size
 
     def put_file(self, key: str, src: BinaryIO) -> int:
@@ -125,16 +146,20 @@ class LocalBlobStore:
         self._write(key, lambda out: out.write(data))
 
     def get_bytes(self, key: str) -> bytes:
-        try:
-            return self._path(key).read_bytes()
-        except FileNotFoundError as exc:
-            raise BlobNotFound(key) from exc
+        path = self._path(key)
+        with _io("read", key):
+            try:
+                return path.read_bytes()
+            except FileNotFoundError as exc:
+                raise BlobNotFound(key) from exc
 
     def iter_chunks(self, key: str, chunk_size: int = CHUNK) -> Iterator[bytes]:
-        try:
-            f = open(self._path(key), "rb")
-        except FileNotFoundError as exc:
-            raise BlobNotFound(key) from exc
+        path = self._path(key)
+        with _io("read", key):
+            try:
+                f = open(path, "rb")
+            except FileNotFoundError as exc:
+                raise BlobNotFound(key) from exc
 
         def gen() -> Iterator[bytes]:
             with f:
@@ -148,7 +173,8 @@ class LocalBlobStore:
 
     def delete(self, key: str) -> None:
         path = self._path(key)
-        path.unlink(missing_ok=True)
+        with _io("delete", key):
+            path.unlink(missing_ok=True)
         # Drop now-empty directories up to the root (keeps listings cheap).
         parent = path.parent
         while parent != self.root:
@@ -208,6 +234,9 @@ class S3BlobStore:
             config=Config(retries={"max_attempts": 5, "mode": "standard"}, s3={"addressing_style": "path"}),
         )
         self._endpoint = endpoint_url or "AWS"
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        self._errors: tuple[type[Exception], ...] = (BotoCoreError, ClientError)
         if create_bucket:
             try:
                 self._client.head_bucket(Bucket=bucket)
@@ -220,23 +249,35 @@ class S3BlobStore:
     def _k(self, key: str) -> str:
         return self.prefix + check_key(key)
 
+    @contextlib.contextmanager
+    def _io(self, op: str, key: str) -> Iterator[None]:
+        try:
+            yield
+        except BlobError:
+            raise
+        except self._errors as exc:
+            raise BlobUnavailable(f"cannot {op} blob {key} in bucket {self.bucket!r}: {exc}") from exc
+
     def put_file(self, key: str, src: BinaryIO) -> int:
         start = src.tell()
         src.seek(0, os.SEEK_END)
         size = src.tell() - start
         src.seek(start)
         # put_object (not a multipart upload) is all-or-nothing; results are <= 20 MiB each.
-        self._client.put_object(Bucket=self.bucket, Key=self._k(key), Body=src.read(), ContentLength=size)
+        with self._io("write", key):
+            self._client.put_object(Bucket=self.bucket, Key=self._k(key), Body=src.read(), ContentLength=size)
         return size
 
     def put_bytes(self, key: str, data: bytes) -> None:
-        self._client.put_object(Bucket=self.bucket, Key=self._k(key), Body=data)
+        with self._io("write", key):
+            self._client.put_object(Bucket=self.bucket, Key=self._k(key), Body=data)
 
     def _get(self, key: str):  # type: ignore[no-untyped-def]
-        try:
-            return self._client.get_object(Bucket=self.bucket, Key=self._k(key))
-        except self._client.exceptions.NoSuchKey as exc:
-            raise BlobNotFound(key) from exc
+        with self._io("read", key):
+            try:
+                return self._client.get_object(Bucket=self.bucket, Key=self._k(key))
+            except self._client.exceptions.NoSuchKey as exc:
+                raise BlobNotFound(key) from exc
 
     def get_bytes(self, key: str) -> bytes:
         return self._get(key)["Body"].read()
@@ -253,7 +294,8 @@ class S3BlobStore:
             return False
 
     def delete(self, key: str) -> None:
-        self._client.delete_object(Bucket=self.bucket, Key=self._k(key))
+        with self._io("delete", key):
+            self._client.delete_object(Bucket=self.bucket, Key=self._k(key))
 
     def list(self, prefix: str = "") -> Iterator[BlobInfo]:
         paginator = self._client.get_paginator("list_objects_v2")

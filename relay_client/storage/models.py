@@ -74,3 +74,16 @@ class SeenRequestRow(Base):
     __tablename__ = "seen_requests"
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     expires_at: Mapped[float] = mapped_column(Float(precision=53), index=True)
+
+
+class TaskArgsRow(Base):
+    """What `crynux-relay prune` learnt from the chain about a task the relay has seen (a
+    delivery or a missing-arguments mark): whose arguments it uses and whether it is final.
+    Arguments are pruned only when every task known to use them is final."""
+
+    __tablename__ = "task_args"
+    task_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    args_hash: Mapped[str] = mapped_column(String(66), index=True)
+    creator: Mapped[str] = mapped_column(String(42))  # lower-case address
+    final: Mapped[bool] = mapped_column(Boolean, default=False)
+    checked_at: Mapped[float] = mapped_column(Float(precision=53))

@@ -10,15 +10,21 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 import uuid
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator, Sequence
 
-from .blobs import BlobStore, older_than
-from .repository import AlreadyDelivered, ArgsRecord, Delivery, Repository, ResultFile
+from .blobs import BlobStore, BlobUnavailable, older_than
+from .repository import AlreadyDelivered, ArgsRecord, Delivery, Repository, ResultFile, StorageError
 
 log = logging.getLogger(__name__)
+
+#: Reading arguments renews them only when their last use is older than this.
+TOUCH_EVERY_S = 3600.0
+#: The blob the /health probe writes and deletes (outside args/ and results/).
+PROBE_KEY = "health/probe"
 
 
 @dataclass(frozen=True)
@@ -52,20 +58,38 @@ class Store:
     # --- arguments ---------------------------------------------------------------------------
 
     def save_args(self, args_hash: str, uploader: str, data: bytes) -> tuple[ArgsRecord, bool]:
-        """Stores arguments (content-addressed blob, then the row). Returns (record, created)."""
+        """Stores arguments (content-addressed blob, then the row). Returns (record, created).
+
+        Uploading arguments again renews them (retention counts from their last use). The
+        blob is checked again after the row is committed: `crynux-relay prune` may have
+        deleted a shared blob in between, and then it is written again."""
         existing = self.repo.get_args(args_hash, uploader)
-        if existing is not None:
+        if existing is not None and self.repo.touch_args(args_hash, uploader):
+            self._ensure_blob(existing.blob_key, data)
             return existing, False
         key = args_key(args_hash)
         if not self.blobs.exists(key):
             self.blobs.put_bytes(key, data)
         created = self.repo.put_args(args_hash, uploader, key, len(data))
+        self._ensure_blob(key, data)
         record = self.repo.get_args(args_hash, uploader)
         assert record is not None
         return record, created
 
+    def _ensure_blob(self, key: str, data: bytes) -> None:
+        if not self.blobs.exists(key):
+            log.warning("blob %s was deleted under a new upload (a concurrent prune): writing it again", key)
+            self.blobs.put_bytes(key, data)
+
     def load_args(self, record: ArgsRecord) -> bytes:
-        return self.blobs.get_bytes(record.blob_key)
+        """The arguments' bytes; a read renews them (at most once an hour: a read stays a read)."""
+        data = self.blobs.get_bytes(record.blob_key)
+        if time.time() - record.created_at > TOUCH_EVERY_S:
+            try:
+                self.repo.touch_args(record.args_hash, record.uploader)
+            except StorageError as exc:  # serving them matters more than renewing them
+                log.warning("could not renew arguments %s: %s", record.args_hash, exc)
+        return data
 
     # --- results -----------------------------------------------------------------------------
 
@@ -111,6 +135,20 @@ class Store:
 
     def result_chunks(self, f: ResultFile) -> Iterator[bytes]:
         return self.blobs.iter_chunks(f.blob_key)
+
+    # --- health -------------------------------------------------------------------------------
+
+    def probe_blobs(self) -> None:
+        """Writes, reads back and deletes a small blob; raises BlobError when the store
+        cannot take writes."""
+        payload = f"probe {time.time()}".encode()
+        key = f"{PROBE_KEY}-{os.getpid()}"
+        self.blobs.put_bytes(key, payload)
+        try:
+            if self.blobs.get_bytes(key) != payload:
+                raise BlobUnavailable(f"blob {key} read back different bytes")
+        finally:
+            self.blobs.delete(key)
 
     # --- startup ------------------------------------------------------------------------------
 
