@@ -55,4 +55,4 @@ async def health(request: Request) -> Response:
 @router.get("/metrics", summary="Prometheus metrics", tags=["public"],
             responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
 async def metrics(request: Request) -> Response:
-    return Response(ctx(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    return Response(await run_in_threadpool(ctx(request).metrics.render), media_type=CONTENT_TYPE_LATEST)
