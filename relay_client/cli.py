@@ -79,6 +79,8 @@ def add_admission_options(serve: argparse.ArgumentParser) -> None:
     g.add_argument("--signer-rate", type=float, default=d["signer_rate_per_s"],
                    help="authenticated requests/s per signer")
     g.add_argument("--signer-burst", type=int, default=d["signer_burst"])
+    g.add_argument("--refusal-delay", type=float, default=d["refusal_delay_s"],
+                   help="seconds a 429 for a rate is held before it is sent (tarpit; 0: at once)")
 
 
 def admission_settings(args: argparse.Namespace) -> dict[str, float | int]:
@@ -90,7 +92,7 @@ def admission_settings(args: argparse.Namespace) -> dict[str, float | int]:
         "max_uploads_per_ip": args.max_uploads_per_ip, "ip_rate_per_s": args.ip_rate,
         "ip_burst": args.ip_burst, "auth_fail_rate_per_s": args.auth_fail_rate,
         "auth_fail_burst": args.auth_fail_burst, "signer_rate_per_s": args.signer_rate,
-        "signer_burst": args.signer_burst,
+        "signer_burst": args.signer_burst, "refusal_delay_s": args.refusal_delay,
     }
 
 

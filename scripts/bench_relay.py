@@ -1,13 +1,17 @@
 """Relay benchmark: signed uploads and downloads per second of 100 KiB results, one worker.
 
-    ape run bench_relay [--tasks 40] [--out bench/relay.json]
+    ape run bench_relay [--tasks 40] [--flood-requests 2000] [--out bench/relay.json]
 
 Deploys token, registry and market on a local Anvil, starts a relay process (SQLite +
 files, one uvicorn worker) and, one request at a time, for each task: the executor uploads
 a 100 KiB PNG result (the relay recomputes the pHash, checks the commitment on-chain,
 stores the file and waits until its attestDelivery transaction is mined), then the creator
-downloads it. Chain set-up per task (create, commit) is not timed. Prints a table and
-writes bench/relay.json.
+downloads it. Chain set-up per task (create, commit) is not timed.
+
+Then the `flood` entry: the p50 latency of a signed GET (the creator reading back its
+arguments, one every 20 ms) while another process sends 2,000 unsigned requests to a signed
+route, 32 at a time, from the same IP (default admission limits; goal: p50 <= 50 ms), next to
+the same GET's p50 without the flood. Prints a table and writes bench/relay.json.
 """
 from __future__ import annotations
 
@@ -15,10 +19,12 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import click
 from ape import accounts, chain, project
@@ -36,6 +42,52 @@ from tests.relay.helpers import RelayProcess  # noqa: E402
 from tests.relay.network import deploy_network, image_args, noise_png  # noqa: E402
 
 KiB = 1024
+REPO_ROOT = Path(__file__).resolve().parents[1]
+FLOOD_CONCURRENCY = 32
+FLOOD_GOAL_P50_MS = 50.0
+
+
+def _p(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return round(ordered[int(q * (len(ordered) - 1))] * 1000, 2)
+
+
+def _timed_reads(read: Callable[[], object], until: Callable[[], bool], gap_s: float = 0.02) -> list[float]:
+    samples: list[float] = []
+    while not until():
+        t0 = time.perf_counter()
+        read()
+        samples.append(time.perf_counter() - t0)
+        time.sleep(gap_s)
+    return samples
+
+
+def _flood(relay_url: str, creator: RelayClient, requests: int) -> dict[str, object]:
+    """A signed GET's latency alone, then while `requests` unsigned requests arrive 32 at a time."""
+    args = image_args(999_999, 1)
+    creator.put_args(args)
+    args_hash = keccak(args)
+    baseline_end = time.monotonic() + 1.0
+    baseline = _timed_reads(lambda: creator.get_own_args(args_hash), lambda: time.monotonic() > baseline_end)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.relay.flood", relay_url, "--requests", str(requests),
+         "--concurrency", str(FLOOD_CONCURRENCY), "--path", "/v1/tasks/1/args"],
+        stdout=subprocess.PIPE, cwd=REPO_ROOT, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == b"started"
+    legit = _timed_reads(lambda: creator.get_own_args(args_hash), lambda: proc.poll() is not None)
+    flood = json.loads(proc.stdout.read())
+    return {
+        "unsigned_requests": requests,
+        "concurrency": FLOOD_CONCURRENCY,
+        "flood_seconds": flood["seconds"],
+        "flood_statuses": flood["statuses"],
+        "legit_samples": len(legit),
+        "legit_p50_ms": _p(legit, 0.5),
+        "legit_p95_ms": _p(legit, 0.95),
+        "baseline_p50_ms": _p(baseline, 0.5),
+        "goal_p50_ms": FLOOD_GOAL_P50_MS,
+    }
 
 
 def _summary(name: str, samples: list[float], size: int) -> dict[str, float | int | str]:
@@ -63,8 +115,10 @@ def _result_png(target: int) -> bytes:
 @click.command(cls=ConnectedProviderCommand)
 @network_option(default="ethereum:local:foundry")
 @click.option("--tasks", default=40, show_default=True, help="number of tasks (uploads and downloads)")
+@click.option("--flood-requests", default=2000, show_default=True,
+              help="unsigned requests of the flood (0: no flood entry)")
 @click.option("--out", default="bench/relay.json", show_default=True, type=click.Path(path_type=Path))
-def cli(network: str, tasks: int, out: Path) -> None:
+def cli(network: str, tasks: int, flood_requests: int, out: Path) -> None:
     test = accounts.test_accounts
     owner, treasury = test[0], test[1]
     rpc = getattr(chain.provider, "uri", None) or chain.provider.web3.provider.endpoint_uri
@@ -104,6 +158,7 @@ def cli(network: str, tasks: int, out: Path) -> None:
                 downloads.append(time.perf_counter() - t0)
                 assert got == png
                 node.close()
+            flood = _flood(relay.url, creator, flood_requests) if flood_requests else None
         finally:
             relay.stop()
 
@@ -136,6 +191,7 @@ def cli(network: str, tasks: int, out: Path) -> None:
                     "load_average_1m": round(os.getloadavg()[0], 2)},
         "secp256k1_backend": type(KeyAPI().backend).__name__,
         "results": rows,
+        "flood": flood,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
@@ -149,4 +205,9 @@ def cli(network: str, tasks: int, out: Path) -> None:
                    f"{r['p95_ms']:>8} {r['mb_per_second']:>6}")
     click.echo(f"signature: sign {report['sign_ms']} ms, verify {report['verify_ms']} ms "
                f"({report['secp256k1_backend']}); load average {report['machine']['load_average_1m']}")
+    if flood:
+        click.echo(f"flood: signed GET p50 {flood['legit_p50_ms']} ms (p95 {flood['legit_p95_ms']} ms, "
+                   f"{flood['legit_samples']} samples; {flood['baseline_p50_ms']} ms without the flood) while "
+                   f"{flood['unsigned_requests']} unsigned requests arrived {flood['concurrency']} at a time "
+                   f"in {flood['flood_seconds']} s {flood['flood_statuses']}; goal <= {flood['goal_p50_ms']} ms")
     click.echo(f"written to {out}")

@@ -15,9 +15,13 @@ For a route that needs a signature (one whose handler depends on ``SignedRequest
    of its signer and client IP (429 when they are all in use), and must arrive at a minimum
    average rate after a grace period (else 408 and the connection is closed).
 
-Other routes (public ones, unknown paths) spend the client IP's bucket. Every refusal is
-counted in ``crynux_relay_rejected_requests``; a client that starts being limited is logged
-once per episode, not once per request.
+Other routes (public ones, unknown paths) spend the client IP's bucket. A 429 for a rate is
+answered after ``refusal_delay_s`` (a tarpit): refusing is cheap, but parsing a request is not,
+and a flooding connection that waits a second for each answer can no longer take the event loop
+from the signed requests (at most ``max_delayed_refusals`` are held; beyond, the answer comes at
+once and the connection is closed). Every refusal is counted in
+``crynux_relay_rejected_requests``; a client that starts being limited is logged once per
+episode, not once per request.
 """
 from __future__ import annotations
 
@@ -106,6 +110,7 @@ class TransportGuard:
         self.metrics = metrics
         self._routes = routes
         self._policies: list[RoutePolicy] | None = None
+        self._delayed = 0
 
     def _policy(self, scope: Scope) -> RoutePolicy | None:
         if self._policies is None:
@@ -128,7 +133,7 @@ class TransportGuard:
             decision = self.limits.ip.take(ip)
             if not decision.allowed:
                 self._log_limited(decision.started_limiting, ip, "requests without signature")
-                await self._refuse(send, scope, too_many_requests(
+                await self._refuse_later(send, too_many_requests(
                     "rate_limited", f"too many requests from {ip}", decision.retry_after_s))
                 return
             await self.app(scope, receive, send)
@@ -150,7 +155,7 @@ class TransportGuard:
             decision = limits.ip.take(ip)
             if not decision.allowed:
                 self._log_limited(decision.started_limiting, ip, "requests without valid signature headers")
-                await self._refuse(send, scope, too_many_requests(
+                await self._refuse_later(send, too_many_requests(
                     "rate_limited", f"too many unsigned requests from {ip}", decision.retry_after_s), has_body)
                 return
             code = auth_code(exc)
@@ -160,13 +165,13 @@ class TransportGuard:
         signer = claimed.address.lower()
         wait = limits.signers.wait_s(signer)
         if wait > 0:
-            await self._refuse(send, scope, too_many_requests(
+            await self._refuse_later(send, too_many_requests(
                 "signer_rate_limited", f"{claimed.address} is over {limits.signers.rate:g} requests/s", wait),
                 has_body)
             return
         wait = limits.auth_fails.wait_s(ip)
         if wait > 0 and (ip, signer) not in limits.known:
-            await self._refuse(send, scope, too_many_requests(
+            await self._refuse_later(send, too_many_requests(
                 "auth_failures_limited", f"too many failed signatures from {ip}; only signers already "
                 "authenticated from it are verified now", wait), has_body)
             return
@@ -282,6 +287,21 @@ class TransportGuard:
 
     async def _refuse(self, send: Send, scope: Scope, error: ApiError, close: bool = False) -> None:
         self.metrics.rejected.labels(error.code).inc()
+        await self._send_error(send, error, close=close)
+
+    async def _refuse_later(self, send: Send, error: ApiError, close: bool = False) -> None:
+        """A refusal for a rate, answered after the tarpit delay (or at once, closing the
+        connection, when too many are held already)."""
+        self.metrics.rejected.labels(error.code).inc()
+        delay = self.settings.refusal_delay_s
+        if delay > 0 and self._delayed < self.settings.max_delayed_refusals:
+            self._delayed += 1
+            try:
+                await asyncio.sleep(delay)
+            finally:
+                self._delayed -= 1
+        else:
+            close = close or delay > 0
         await self._send_error(send, error, close=close)
 
     @staticmethod

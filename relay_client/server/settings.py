@@ -55,3 +55,11 @@ class RelaySettings(BaseModel):
     signer_rate_per_s: float = Field(50.0, gt=0, description="per authenticated signer, requests a second")
     signer_burst: int = Field(200, ge=1)
     rate_table_size: int = Field(65536, ge=16, description="keys remembered by each rate-limit table")
+    refusal_delay_s: float = Field(
+        1.0, ge=0, description="a 429 for a client over its rate is answered after this delay (a tarpit: "
+        "a flooding connection gets one answer a second instead of one per request it can parse)",
+    )
+    max_delayed_refusals: int = Field(
+        1024, ge=0, description="refusals held at once; beyond, they are answered at once and the "
+        "connection closed",
+    )

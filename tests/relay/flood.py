@@ -3,8 +3,10 @@ does not hold the GIL of whoever measures latency meanwhile):
 
     python -m tests.relay.flood URL [--requests 2000] [--concurrency 32] [--path /v1/tasks/1/args]
 
-Sends the requests, ``concurrency`` at a time over keep-alive connections, and prints one JSON
-line: the count of each status code and the seconds it took.
+Prints ``started`` when it is ready, sends the GET requests ``concurrency`` at a time, each
+worker over its own keep-alive connection (a bare HTTP/1.1 client on asyncio streams: an HTTP
+library would spend more CPU than the relay and flood it less), then prints one JSON line: the
+count of each status code and the seconds it took.
 """
 from __future__ import annotations
 
@@ -14,28 +16,48 @@ import json
 import sys
 import time
 from collections import Counter
+from urllib.parse import urlsplit
 
-import httpx
+
+async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> tuple[str, bool]:
+    """Sends one request, reads its response; returns the status and whether the server closes."""
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, v in (ln.split(":", 1) for ln in lines[1:] if ":" in ln)}
+    await reader.readexactly(int(headers.get("content-length", "0")))
+    return lines[0].split(" ", 2)[1], headers.get("connection", "").lower() == "close"
 
 
 async def flood(url: str, requests: int, concurrency: int, path: str) -> dict[str, object]:
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    request = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode()
     statuses: Counter[str] = Counter()
     remaining = requests
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
 
-    async def worker(client: httpx.AsyncClient) -> None:
+    async def worker() -> None:
         nonlocal remaining
+        conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         while remaining > 0:
             remaining -= 1
             try:
-                r = await client.get(path)
-                statuses[str(r.status_code)] += 1
-            except httpx.HTTPError as exc:
+                if conn is None:
+                    conn = await asyncio.open_connection(host, port)
+                status, close = await _exchange(*conn, request)
+                statuses[status] += 1
+            except (OSError, asyncio.IncompleteReadError) as exc:
                 statuses[type(exc).__name__] += 1
+                close = True
+            if close and conn is not None:
+                conn[1].close()
+                conn = None
+        if conn is not None:
+            conn[1].close()
 
+    print("started", flush=True)
     start = time.perf_counter()
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
-        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
     return {"statuses": dict(statuses), "seconds": round(time.perf_counter() - start, 3)}
 
 

@@ -449,7 +449,7 @@ def test_timestampOf400Digits_is401WithOneLogLine(start_relay):
 
 
 def test_unsignedFlood_is429WithRetryAfter_signedGetStillServed(start_relay, network: Network):
-    relay = start_relay("--ip-rate", "0.05", "--ip-burst", "5")
+    relay = start_relay("--ip-rate", "0.05", "--ip-burst", "5", "--refusal-delay", "0")
     creator = RelayClient(relay.url, network.local(network.creator))
     args = json.dumps({"prompt": "still served"}).encode()
     creator.put_args(args)
@@ -465,7 +465,7 @@ def test_unsignedFlood_is429WithRetryAfter_signedGetStillServed(start_relay, net
 
 
 def test_badSignatures_overTheBudget_are429_knownSignerServed(start_relay, network: Network):
-    relay = start_relay("--auth-fail-rate", "0.1", "--auth-fail-burst", "3")
+    relay = start_relay("--auth-fail-rate", "0.1", "--auth-fail-burst", "3", "--refusal-delay", "0")
     creator = RelayClient(relay.url, network.local(network.creator))
     args = json.dumps({"prompt": "known signer"}).encode()
     creator.put_args(args)  # the creator authenticates from 127.0.0.1
@@ -485,7 +485,7 @@ def test_badSignatures_overTheBudget_are429_knownSignerServed(start_relay, netwo
 
 
 def test_signerOverItsRate_is429_otherSignersServed(start_relay, network: Network):
-    relay = start_relay("--signer-rate", "0.2", "--signer-burst", "3")
+    relay = start_relay("--signer-rate", "0.2", "--signer-burst", "3", "--refusal-delay", "0")
     acct, other = network.local(network.creator), network.local(network.other_app)
     body, target = args_body(10)
     codes, responses = [], []
@@ -502,6 +502,26 @@ def test_signerOverItsRate_is429_otherSignersServed(start_relay, network: Networ
     assert httpx.get(relay.url + target, headers=forged).status_code == 429
 
 
+def test_overTheIpRate_429IsHeldForTheDelay_signedRequestsAreNot(start_relay, network: Network):
+    """The tarpit: a client over its rate waits `--refusal-delay` for each 429; a signed request
+    from the same IP meanwhile is answered at once."""
+    relay = start_relay("--ip-rate", "0.05", "--ip-burst", "1", "--refusal-delay", "1.5")
+    creator = RelayClient(relay.url, network.local(network.creator))
+    args = json.dumps({"prompt": "tarpit"}).encode()
+    creator.put_args(args)
+    assert httpx.get(relay.url + "/v1/tasks/1/args").status_code in (401, 429)  # spends the burst
+    with ThreadPoolExecutor(8) as pool:
+        t0 = time.perf_counter()
+        held = [pool.submit(httpx.get, relay.url + "/v1/tasks/1/args", timeout=30) for _ in range(8)]
+        time.sleep(0.2)
+        assert creator.get_own_args(keccak(args)) == args
+        signed_s = time.perf_counter() - t0
+        refused = [f.result() for f in held]
+        held_s = time.perf_counter() - t0
+    assert all(r.status_code == 429 for r in refused)
+    assert signed_s < 1.2 and held_s >= 1.5, (signed_s, held_s)
+
+
 def test_rateTables_forgetTheOldestKeysBeyondTheirSize():
     buckets: TokenBuckets[str] = TokenBuckets(rate=1.0, burst=1, max_keys=100, clock=lambda: 0.0)
     for i in range(10_000):
@@ -512,8 +532,9 @@ def test_rateTables_forgetTheOldestKeysBeyondTheirSize():
 
 def test_flood_of2000Unsigned_legitSignedGetStaysFast(start_relay, network: Network):
     """2,000 unsigned requests, 32 at a time, from the same IP as a signer doing signed GETs
-    (default limits): the signer's median latency stays low (bench_relay's `flood` measures it)."""
-    relay = start_relay()
+    (default limits, a shorter tarpit to keep the test short): the signer's median latency stays
+    low (bench_relay's `flood` measures it with the default delay)."""
+    relay = start_relay("--refusal-delay", "0.25")
     creator = RelayClient(relay.url, network.local(network.creator))
     args = json.dumps({"prompt": "flood"}).encode()
     creator.put_args(args)
@@ -521,13 +542,14 @@ def test_flood_of2000Unsigned_legitSignedGetStaysFast(start_relay, network: Netw
         [sys.executable, "-m", "tests.relay.flood", relay.url, "--requests", "2000", "--concurrency", "32"],
         stdout=subprocess.PIPE, cwd=REPO_ROOT, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
     )
+    assert flood.stdout is not None and flood.stdout.readline().strip() == b"started"
     latencies = []
     while flood.poll() is None:
         t0 = time.perf_counter()
         assert creator.get_own_args(keccak(args)) == args
         latencies.append(time.perf_counter() - t0)
         time.sleep(0.02)
-    out = json.loads(flood.stdout.read())  # type: ignore[union-attr]
+    out = json.loads(flood.stdout.read())
     assert set(out["statuses"]) <= {"401", "429"} and sum(out["statuses"].values()) == 2000, out
     latencies.sort()
     assert len(latencies) >= 5 and latencies[len(latencies) // 2] < 0.25, latencies
