@@ -10,7 +10,7 @@ For a route that needs a signature (one whose handler depends on ``SignedRequest
    authenticated, so nobody can spend it for someone else) - else 429;
 3. when the client IP has spent its budget of failed verifications, only signers that already
    authenticated from that IP are let through to verification - else 429;
-4. a declared Content-Length over the route's limit is 413;
+4. a declared Content-Length over the route's limit is 413 (spending the IP's bucket, as in 1);
 5. a body reserves a share of the global body budget (503 when exhausted) and an upload slot
    of its signer and client IP (429 when they are all in use), and must arrive at a minimum
    average rate after a grace period (else 408 and the connection is closed).
@@ -146,21 +146,14 @@ class TransportGuard:
         try:
             declared = _content_length(headers)
         except ApiError as exc:
-            await self._refuse(send, scope, exc)
+            await self._refuse_unproven(send, ip, exc, close=True)
             return
         has_body = (declared or 0) > 0 or (declared is None and "transfer-encoding" in headers)
         try:
             claimed = check_headers(headers, window=self.settings.signature_window_s)
         except SignatureError as exc:
-            decision = limits.ip.take(ip)
-            if not decision.allowed:
-                self._log_limited(decision.started_limiting, ip, "requests without valid signature headers")
-                await self._refuse_later(send, too_many_requests(
-                    "rate_limited", f"too many unsigned requests from {ip}", decision.retry_after_s), has_body)
-                return
             code = auth_code(exc)
-            self.metrics.auth_failures.labels(code).inc()
-            await self._refuse(send, scope, unauthorized(str(exc), code), has_body)
+            await self._refuse_unproven(send, ip, unauthorized(str(exc), code), close=has_body)
             return
         signer = claimed.address.lower()
         wait = limits.signers.wait_s(signer)
@@ -176,8 +169,8 @@ class TransportGuard:
                 "authenticated from it are verified now", wait), has_body)
             return
         if declared is not None and declared > policy.body_limit:
-            await self._refuse(send, scope, too_large(
-                f"the body has {declared} bytes; the limit is {policy.body_limit}"), has_body)
+            await self._refuse_unproven(send, ip, too_large(
+                f"the body has {declared} bytes; the limit is {policy.body_limit}"), close=has_body)
             return
         if not has_body:
             await self._run(scope, receive, send, ip, signer)
@@ -185,19 +178,19 @@ class TransportGuard:
         reserve = declared if declared is not None else policy.body_limit
         slot = (ip, signer)
         if not limits.uploads_per_signer.try_acquire(slot):
-            await self._refuse(send, scope, too_many_requests(
+            await self._refuse(send, too_many_requests(
                 "too_many_uploads", f"{claimed.address} already has {limits.uploads_per_signer.limit} "
                 "uploads in progress", 1.0), has_body)
             return
         try:
             if not limits.uploads_per_ip.try_acquire(ip):
-                await self._refuse(send, scope, too_many_requests(
+                await self._refuse(send, too_many_requests(
                     "too_many_uploads", f"{ip} already has {limits.uploads_per_ip.limit} uploads in progress",
                     1.0), has_body)
                 return
             try:
                 if not limits.body_budget.try_reserve(reserve):
-                    await self._refuse(send, scope, busy(
+                    await self._refuse(send, busy(
                         "body_budget", f"the relay is receiving {limits.body_budget.reserved} bytes of "
                         f"bodies; {reserve} more would exceed its budget", 5.0), has_body)
                     return
@@ -273,6 +266,10 @@ class TransportGuard:
         except ClientDisconnect:
             if not closed:
                 log.info("client %s (%s) disconnected before its body was complete", ip, signer)
+        except Exception as exc:
+            if not closed:
+                raise
+            log.info("request of %s (%s) ended after its 408: %s: %s", ip, signer, type(exc).__name__, exc)
         finally:
             if status == 401:
                 decision = self.limits.auth_fails.take(ip)
@@ -285,9 +282,23 @@ class TransportGuard:
         if started:
             log.warning("rate limiting %s: too many %s; answering 429 until it slows down", ip, what)
 
-    async def _refuse(self, send: Send, scope: Scope, error: ApiError, close: bool = False) -> None:
+    async def _refuse(self, send: Send, error: ApiError, close: bool = False) -> None:
         self.metrics.rejected.labels(error.code).inc()
         await self._send_error(send, error, close=close)
+
+    async def _refuse_unproven(self, send: Send, ip: str, error: ApiError, *, close: bool) -> None:
+        """Refuses a request that proved nothing (no valid signature headers, or a body it may
+        not send), spending the client IP's bucket: once it is empty, the answer is a delayed
+        429 instead."""
+        decision = self.limits.ip.take(ip)
+        if not decision.allowed:
+            self._log_limited(decision.started_limiting, ip, "requests without valid signature headers")
+            await self._refuse_later(send, too_many_requests(
+                "rate_limited", f"too many unsigned requests from {ip}", decision.retry_after_s), close)
+            return
+        if error.status == 401:
+            self.metrics.auth_failures.labels(error.code).inc()
+        await self._refuse(send, error, close)
 
     async def _refuse_later(self, send: Send, error: ApiError, close: bool = False) -> None:
         """A refusal for a rate, answered after the tarpit delay (or at once, closing the
