@@ -11,7 +11,8 @@ downloads it. Chain set-up per task (create, commit) is not timed.
 Then the `flood` entry: the p50 latency of a signed GET (the creator reading back its
 arguments, one every 20 ms) while another process sends 2,000 unsigned requests to a signed
 route, 32 at a time, from the same IP (default admission limits; goal: p50 <= 50 ms), next to
-the same GET's p50 without the flood. Prints a table and writes bench/relay.json.
+the same GET's p50 without the flood; `flood.bad_signatures`: the same with 2,000 requests
+whose signature headers are well formed but wrong (each worth a recovery to the relay). Prints a table and writes bench/relay.json.
 """
 from __future__ import annotations
 
@@ -62,31 +63,45 @@ def _timed_reads(read: Callable[[], object], until: Callable[[], bool], gap_s: f
     return samples
 
 
-def _flood(relay_url: str, creator: RelayClient, requests: int) -> dict[str, object]:
-    """A signed GET's latency alone, then while `requests` unsigned requests arrive 32 at a time."""
-    args = image_args(999_999, 1)
-    creator.put_args(args)
-    args_hash = keccak(args)
-    baseline_end = time.monotonic() + 1.0
-    baseline = _timed_reads(lambda: creator.get_own_args(args_hash), lambda: time.monotonic() > baseline_end)
+def _under_flood(relay_url: str, read: Callable[[], object], requests: int, *flags: str) -> dict[str, object]:
+    """Times ``read`` every 20 ms while a flood process sends ``requests`` requests."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.relay.flood", relay_url, "--requests", str(requests),
-         "--concurrency", str(FLOOD_CONCURRENCY), "--path", "/v1/tasks/1/args"],
+         "--concurrency", str(FLOOD_CONCURRENCY), "--path", "/v1/tasks/1/args", *flags],
         stdout=subprocess.PIPE, cwd=REPO_ROOT, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
     )
     assert proc.stdout is not None and proc.stdout.readline().strip() == b"started"
-    legit = _timed_reads(lambda: creator.get_own_args(args_hash), lambda: proc.poll() is not None)
+    legit = _timed_reads(read, lambda: proc.poll() is not None)
     flood = json.loads(proc.stdout.read())
+    return {"seconds": flood["seconds"], "statuses": flood["statuses"], "samples": len(legit),
+            "p50_ms": _p(legit, 0.5), "p95_ms": _p(legit, 0.95)}
+
+
+def _flood(relay_url: str, creator: RelayClient, requests: int) -> dict[str, object]:
+    """A signed GET's latency alone, then while `requests` unsigned requests arrive 32 at a
+    time, then while as many requests with bad signatures do."""
+    args = image_args(999_999, 1)
+    creator.put_args(args)
+    args_hash = keccak(args)
+
+    def read() -> object:
+        return creator.get_own_args(args_hash)
+
+    baseline_end = time.monotonic() + 1.0
+    baseline = _timed_reads(read, lambda: time.monotonic() > baseline_end)
+    unsigned = _under_flood(relay_url, read, requests)
+    bad = _under_flood(relay_url, read, requests, "--bad-signatures")
     return {
         "unsigned_requests": requests,
         "concurrency": FLOOD_CONCURRENCY,
-        "flood_seconds": flood["seconds"],
-        "flood_statuses": flood["statuses"],
-        "legit_samples": len(legit),
-        "legit_p50_ms": _p(legit, 0.5),
-        "legit_p95_ms": _p(legit, 0.95),
+        "flood_seconds": unsigned["seconds"],
+        "flood_statuses": unsigned["statuses"],
+        "legit_samples": unsigned["samples"],
+        "legit_p50_ms": unsigned["p50_ms"],
+        "legit_p95_ms": unsigned["p95_ms"],
         "baseline_p50_ms": _p(baseline, 0.5),
         "goal_p50_ms": FLOOD_GOAL_P50_MS,
+        "bad_signatures": bad,
     }
 
 
@@ -117,8 +132,9 @@ def _result_png(target: int) -> bytes:
 @click.option("--tasks", default=40, show_default=True, help="number of tasks (uploads and downloads)")
 @click.option("--flood-requests", default=2000, show_default=True,
               help="unsigned requests of the flood (0: no flood entry)")
+@click.option("--relay-args", default="", help="extra flags of the relay process, e.g. '--refusal-delay 0'")
 @click.option("--out", default="bench/relay.json", show_default=True, type=click.Path(path_type=Path))
-def cli(network: str, tasks: int, flood_requests: int, out: Path) -> None:
+def cli(network: str, tasks: int, flood_requests: int, relay_args: str, out: Path) -> None:
     test = accounts.test_accounts
     owner, treasury = test[0], test[1]
     rpc = getattr(chain.provider, "uri", None) or chain.provider.web3.provider.endpoint_uri
@@ -129,7 +145,7 @@ def cli(network: str, tasks: int, flood_requests: int, out: Path) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-relay-") as tmp:
         root = Path(tmp)
         relay = RelayProcess(rpc=rpc, deployment=net.write_deployment(root / "deployment.json"),
-                             data=root / "data", key=net.relay_key).start()
+                             data=root / "data", key=net.relay_key, extra=relay_args.split()).start()
         try:
             creator = RelayClient(relay.url, net.local(net.creator))
             args_up: list[float] = []
@@ -181,6 +197,7 @@ def cli(network: str, tasks: int, flood_requests: int, out: Path) -> None:
     report = {
         "benchmark": "relay",
         "workers": 1,
+        "relay_args": relay_args,
         "result_bytes": len(png),
         "tasks": tasks,
         "storage": "SQLite (WAL, synchronous=FULL) + local files (fsync)",
@@ -210,4 +227,8 @@ def cli(network: str, tasks: int, flood_requests: int, out: Path) -> None:
                    f"{flood['legit_samples']} samples; {flood['baseline_p50_ms']} ms without the flood) while "
                    f"{flood['unsigned_requests']} unsigned requests arrived {flood['concurrency']} at a time "
                    f"in {flood['flood_seconds']} s {flood['flood_statuses']}; goal <= {flood['goal_p50_ms']} ms")
+        bad = flood["bad_signatures"]
+        assert isinstance(bad, dict)
+        click.echo(f"flood of bad signatures: signed GET p50 {bad['p50_ms']} ms (p95 {bad['p95_ms']} ms) while "
+                   f"{flood['unsigned_requests']} arrived in {bad['seconds']} s {bad['statuses']}")
     click.echo(f"written to {out}")
