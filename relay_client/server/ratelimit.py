@@ -19,7 +19,7 @@ K = TypeVar("K", bound=Hashable)
 Clock = Callable[[], float]
 
 
-@dataclass
+@dataclass(slots=True)
 class _Bucket:
     tokens: float
     updated: float
