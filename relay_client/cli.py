@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="info")
     _add_ops_serve_args(serve)
     _add_prune_parser(sub)
+    add_admission_options(serve)
     return parser
 
 
@@ -142,6 +143,46 @@ def prune(args: argparse.Namespace) -> int:
     return 0 if report.chain_error is None else 1
 
 
+def add_admission_options(serve: argparse.ArgumentParser) -> None:
+    """Limits checked before a request body is read (relay_client.server.guard)."""
+    from .server.settings import MiB, RelaySettings
+
+    d = {name: f.default for name, f in RelaySettings.model_fields.items()}
+    g = serve.add_argument_group("admission limits (per client IP, per signer, bodies in flight)")
+    g.add_argument("--body-budget-mib", type=float, default=d["max_inflight_body_bytes"] / MiB,
+                   help="MiB of request bodies received at once, all clients together (over it: 503)")
+    g.add_argument("--body-grace", type=float, default=d["body_grace_s"],
+                   help="seconds a body may take before the minimum rate applies")
+    g.add_argument("--body-min-rate", type=int, default=d["body_min_rate_bytes_s"],
+                   help="bytes/s a body must average after the grace (else 408, connection closed)")
+    g.add_argument("--max-uploads-per-signer", type=int, default=d["max_uploads_per_signer"])
+    g.add_argument("--max-uploads-per-ip", type=int, default=d["max_uploads_per_ip"])
+    g.add_argument("--ip-rate", type=float, default=d["ip_rate_per_s"],
+                   help="requests/s per client IP without valid signature headers (public routes too)")
+    g.add_argument("--ip-burst", type=int, default=d["ip_burst"])
+    g.add_argument("--auth-fail-rate", type=float, default=d["auth_fail_rate_per_s"],
+                   help="failed signature verifications/s per client IP")
+    g.add_argument("--auth-fail-burst", type=int, default=d["auth_fail_burst"])
+    g.add_argument("--signer-rate", type=float, default=d["signer_rate_per_s"],
+                   help="authenticated requests/s per signer")
+    g.add_argument("--signer-burst", type=int, default=d["signer_burst"])
+    g.add_argument("--refusal-delay", type=float, default=d["refusal_delay_s"],
+                   help="seconds a 429 for a rate is held before it is sent (tarpit; 0: at once)")
+
+
+def admission_settings(args: argparse.Namespace) -> dict[str, float | int]:
+    from .server.settings import MiB
+
+    return {
+        "max_inflight_body_bytes": int(args.body_budget_mib * MiB), "body_grace_s": args.body_grace,
+        "body_min_rate_bytes_s": args.body_min_rate, "max_uploads_per_signer": args.max_uploads_per_signer,
+        "max_uploads_per_ip": args.max_uploads_per_ip, "ip_rate_per_s": args.ip_rate,
+        "ip_burst": args.ip_burst, "auth_fail_rate_per_s": args.auth_fail_rate,
+        "auth_fail_burst": args.auth_fail_burst, "signer_rate_per_s": args.signer_rate,
+        "signer_burst": args.signer_burst, "refusal_delay_s": args.refusal_delay,
+    }
+
+
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -180,7 +221,7 @@ def serve(args: argparse.Namespace) -> int:
         log.warning("cannot check RELAY_ROLE now: %s", exc)
     settings = RelaySettings(
         signature_window_s=args.signature_window, attest_wait_s=args.attest_wait, gc_grace_s=args.gc_grace,
-        args_grace_s=args.args_grace,
+        args_grace_s=args.args_grace, **admission_settings(args),
     )
     app = create_app(chain, Store(repo, blobs), settings)
     app.state.relay.attestor.funds.warn_below = args.gas_warn_attestations

@@ -1,6 +1,6 @@
 """Relay benchmark: signed uploads and downloads per second of 100 KiB results, one worker.
 
-    ape run bench_relay [--tasks 40] [--out bench/relay.json]
+    ape run bench_relay [--tasks 40] [--flood-requests 2000] [--out bench/relay.json]
 
 Deploys token, registry and market on a local Anvil, starts a relay process (SQLite +
 files, one uvicorn worker) and, one request at a time, for each task: the executor uploads
@@ -9,7 +9,14 @@ stores the file and waits until its attestDelivery transaction is mined), then t
 downloads it. Chain set-up per task (create, commit) is not timed. Then the executor of one
 more task sends a decompression bomb (a 0.5 MB PNG of 13300 x 13300 zero pixels) with its
 committed score and salt: `bomb` in the report has the answer, its time and the relay
-process's extra peak memory (VmHWM; goal <= 100 MB). Prints a table and writes bench/relay.json.
+process's extra peak memory (VmHWM; goal <= 100 MB).
+
+Then the `flood` entry: the p50 latency of a signed GET (the creator reading back its
+arguments, one every 20 ms) while another process sends 2,000 unsigned requests to a signed
+route, 32 at a time, from the same IP (default admission limits; goal: p50 <= 50 ms), next to
+the same GET's p50 without the flood; `flood.bad_signatures`: the same with 2,000 requests
+whose signature headers are well formed but wrong (each worth a recovery to the relay).
+Prints a table and writes bench/relay.json.
 """
 from __future__ import annotations
 
@@ -17,10 +24,12 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import click
 from ape import accounts, chain, project
@@ -41,6 +50,66 @@ from tests.relay.network import deploy_network, image_args, noise_png  # noqa: E
 KiB = 1024
 BOMB_SIDE = 13300
 BOMB_GOAL_EXTRA_MB = 100
+REPO_ROOT = Path(__file__).resolve().parents[1]
+FLOOD_CONCURRENCY = 32
+FLOOD_GOAL_P50_MS = 50.0
+
+
+def _p(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return round(ordered[int(q * (len(ordered) - 1))] * 1000, 2)
+
+
+def _timed_reads(read: Callable[[], object], until: Callable[[], bool], gap_s: float = 0.02) -> list[float]:
+    samples: list[float] = []
+    while not until():
+        t0 = time.perf_counter()
+        read()
+        samples.append(time.perf_counter() - t0)
+        time.sleep(gap_s)
+    return samples
+
+
+def _under_flood(relay_url: str, read: Callable[[], object], requests: int, *flags: str) -> dict[str, object]:
+    """Times ``read`` every 20 ms while a flood process sends ``requests`` requests."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.relay.flood", relay_url, "--requests", str(requests),
+         "--concurrency", str(FLOOD_CONCURRENCY), "--path", "/v1/tasks/1/args", *flags],
+        stdout=subprocess.PIPE, cwd=REPO_ROOT, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == b"started"
+    legit = _timed_reads(read, lambda: proc.poll() is not None)
+    flood = json.loads(proc.stdout.read())
+    return {"seconds": flood["seconds"], "statuses": flood["statuses"], "samples": len(legit),
+            "p50_ms": _p(legit, 0.5), "p95_ms": _p(legit, 0.95)}
+
+
+def _flood(relay_url: str, creator: RelayClient, requests: int) -> dict[str, object]:
+    """A signed GET's latency alone, then while `requests` unsigned requests arrive 32 at a
+    time, then while as many requests with bad signatures do."""
+    args = image_args(999_999, 1)
+    creator.put_args(args)
+    args_hash = keccak(args)
+
+    def read() -> object:
+        return creator.get_own_args(args_hash)
+
+    baseline_end = time.monotonic() + 1.0
+    baseline = _timed_reads(read, lambda: time.monotonic() > baseline_end)
+    unsigned = _under_flood(relay_url, read, requests)
+    bad = _under_flood(relay_url, read, requests, "--bad-signatures")
+    return {
+        "unsigned_requests": requests,
+        "concurrency": FLOOD_CONCURRENCY,
+        "flood_seconds": unsigned["seconds"],
+        "flood_statuses": unsigned["statuses"],
+        "legit_samples": unsigned["samples"],
+        "legit_p50_ms": unsigned["p50_ms"],
+        "legit_p95_ms": unsigned["p95_ms"],
+        "baseline_p50_ms": _p(baseline, 0.5),
+        "goal_p50_ms": FLOOD_GOAL_P50_MS,
+        "bad_signatures": bad,
+    }
 
 
 def _summary(name: str, samples: list[float], size: int) -> dict[str, float | int | str]:
@@ -98,8 +167,11 @@ def _bomb(net, relay: RelayProcess, png: bytes, side: int) -> dict[str, object]:
 @click.command(cls=ConnectedProviderCommand)
 @network_option(default="ethereum:local:foundry")
 @click.option("--tasks", default=40, show_default=True, help="number of tasks (uploads and downloads)")
+@click.option("--flood-requests", default=2000, show_default=True,
+              help="unsigned requests of the flood (0: no flood entry)")
+@click.option("--relay-args", default="", help="extra flags of the relay process, e.g. '--refusal-delay 0'")
 @click.option("--out", default="bench/relay.json", show_default=True, type=click.Path(path_type=Path))
-def cli(network: str, tasks: int, out: Path) -> None:
+def cli(network: str, tasks: int, flood_requests: int, relay_args: str, out: Path) -> None:
     test = accounts.test_accounts
     owner, treasury = test[0], test[1]
     rpc = getattr(chain.provider, "uri", None) or chain.provider.web3.provider.endpoint_uri
@@ -110,7 +182,7 @@ def cli(network: str, tasks: int, out: Path) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-relay-") as tmp:
         root = Path(tmp)
         relay = RelayProcess(rpc=rpc, deployment=net.write_deployment(root / "deployment.json"),
-                             data=root / "data", key=net.relay_key).start()
+                             data=root / "data", key=net.relay_key, extra=relay_args.split()).start()
         try:
             creator = RelayClient(relay.url, net.local(net.creator))
             args_up: list[float] = []
@@ -140,6 +212,7 @@ def cli(network: str, tasks: int, out: Path) -> None:
                 assert got == png
                 node.close()
             bomb = _bomb(net, relay, png, side)
+            flood = _flood(relay.url, creator, flood_requests) if flood_requests else None
         finally:
             relay.stop()
 
@@ -162,6 +235,7 @@ def cli(network: str, tasks: int, out: Path) -> None:
     report = {
         "benchmark": "relay",
         "workers": 1,
+        "relay_args": relay_args,
         "result_bytes": len(png),
         "tasks": tasks,
         "storage": "SQLite (WAL, synchronous=FULL) + local files (fsync)",
@@ -173,6 +247,7 @@ def cli(network: str, tasks: int, out: Path) -> None:
         "secp256k1_backend": type(KeyAPI().backend).__name__,
         "results": rows,
         "bomb": bomb,
+        "flood": flood,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
@@ -189,4 +264,13 @@ def cli(network: str, tasks: int, out: Path) -> None:
     click.echo(f"bomb ({bomb['png']}, {bomb['bytes']} bytes): {bomb['status']} {bomb['error']} in "
                f"{bomb['answer_ms']} ms; relay peak +{bomb['relay_peak_extra_mb']} MB "
                f"(goal <= {BOMB_GOAL_EXTRA_MB})")
+    if flood:
+        click.echo(f"flood: signed GET p50 {flood['legit_p50_ms']} ms (p95 {flood['legit_p95_ms']} ms, "
+                   f"{flood['legit_samples']} samples; {flood['baseline_p50_ms']} ms without the flood) while "
+                   f"{flood['unsigned_requests']} unsigned requests arrived {flood['concurrency']} at a time "
+                   f"in {flood['flood_seconds']} s {flood['flood_statuses']}; goal <= {flood['goal_p50_ms']} ms")
+        bad = flood["bad_signatures"]
+        assert isinstance(bad, dict)
+        click.echo(f"flood of bad signatures: signed GET p50 {bad['p50_ms']} ms (p95 {bad['p95_ms']} ms) while "
+                   f"{flood['unsigned_requests']} arrived in {bad['seconds']} s {bad['statuses']}")
     click.echo(f"written to {out}")

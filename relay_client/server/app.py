@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
@@ -16,9 +15,11 @@ from ..chain import TaskChain
 from ..storage import Store
 from .attest import Attestor
 from .auth import Authenticator
-from .errors import ApiError, ErrorBody, api_error_handler
-from .metrics import RelayMetrics
 from .deps import RelayContext
+from .errors import ApiError, ErrorBody, api_error_handler
+from .guard import TransportGuard
+from .metrics import RelayMetrics, RequestMetricsMiddleware
+from .ratelimit import AdmissionLimits
 from .routes_args import router as args_router
 from .routes_public import router as public_router
 from .routes_results import router as results_router
@@ -40,8 +41,10 @@ def create_app(
     starts the worker that retries pending delivery attestations."""
     s = settings or RelaySettings()
     metrics = RelayMetrics()
+    limits = AdmissionLimits(s)
     context = RelayContext(
-        settings=s, chain=chain, store=store, auth=Authenticator(store.repo, s.signature_window_s),
+        settings=s, chain=chain, store=store,
+        auth=Authenticator(store.repo, s.signature_window_s, signer_rate=limits.signers),
         metrics=metrics, attestor=Attestor(chain, store.repo, metrics, deadline_s=s.attest_deadline_s),
     )
 
@@ -81,16 +84,12 @@ def create_app(
 
     app.add_exception_handler(RequestValidationError, validation_handler)
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next):  # type: ignore[no-untyped-def]
-        start = time.perf_counter()
-        response: Response = await call_next(request)
-        route = request.scope.get("route")
-        name = getattr(route, "path", "unmatched")
-        metrics.requests.labels(request.method, name, str(response.status_code)).inc()
-        metrics.latency.labels(request.method, name).observe(time.perf_counter() - start)
-        return response
-
-    for router in (args_router, results_router, public_router):
+    routers = (args_router, results_router, public_router)
+    for router in routers:
         app.include_router(router)
+    # The routers' own routes (included without a prefix), which the guard matches requests
+    # against. The last middleware added is the outermost: metrics count what the guard refuses.
+    app.add_middleware(TransportGuard, settings=s, limits=limits, metrics=metrics,
+                       routes=lambda: [route for router in routers for route in router.routes])
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     return app

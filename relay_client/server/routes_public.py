@@ -125,4 +125,4 @@ async def metrics(request: Request) -> Response:
         await run_in_threadpool(c.attestor.funds.latest, METRICS_FUNDS_MAX_AGE_S)
     except ChainError as exc:
         log.debug("metrics: cannot read the relay's balance: %s", exc)
-    return Response(c.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    return Response(await run_in_threadpool(c.metrics.render), media_type=CONTENT_TYPE_LATEST)
