@@ -101,6 +101,8 @@ contract NodeRegistry is INodeRegistryFull, AccessControl {
     mapping(address node => mapping(uint256 index => bytes32 model)) private _modelAt;
     /// @dev Index + 1 of the model in the node's list, 0 when not held.
     mapping(address node => mapping(bytes32 model => uint256 indexPlusOne)) private _modelPos;
+    /// @dev Block of the node's last join or resume (auditors must be online before a commit).
+    mapping(address node => uint256 blockNumber) private _onlineSince;
 
     modifier onlyMarket() {
         if (msg.sender != _hot.market) revert NotMarket(msg.sender);
@@ -221,6 +223,7 @@ contract NodeRegistry is INodeRegistryFull, AccessControl {
         if (st == NodeStatus.Paused) {
             _checkVersion(n.major, n.minor, n.patch, _params);
             n.status = NodeStatus.Available;
+            _onlineSince[msg.sender] = block.number;
             _insertAvailable(msg.sender, n, false);
             _counts[2] += 1;
             _counts[4] -= 1;
@@ -271,8 +274,31 @@ contract NodeRegistry is INodeRegistryFull, AccessControl {
         onlyMarket
         returns (address node)
     {
-        node = _select(req, seed, excludeA, excludeB);
+        node = _select(req, seed, excludeA, excludeB, 0);
         if (node != address(0)) _lock(node, _nodes[node]);
+    }
+
+    /// @inheritdoc INodeRegistry
+    function lockAuditor(
+        Requirement calldata req,
+        uint256 seed,
+        address excludeA,
+        address excludeB,
+        uint256 onlineBefore
+    ) external onlyMarket returns (address node) {
+        node = _select(req, seed, excludeA, excludeB, onlineBefore);
+        if (node != address(0)) _lock(node, _nodes[node]);
+    }
+
+    /// @inheritdoc INodeRegistry
+    function groupNodes(bytes32 gpu, uint16 vram) external view returns (uint256) {
+        uint256 gid = _groupIds[keccak256(abi.encode(gpu, vram))];
+        return gid == 0 ? 0 : _groupWords[gid].nodes();
+    }
+
+    /// @inheritdoc INodeRegistry
+    function onlineSince(address node) external view returns (uint256) {
+        return _onlineSince[node];
     }
 
     /// @inheritdoc INodeRegistry
@@ -351,6 +377,17 @@ contract NodeRegistry is INodeRegistryFull, AccessControl {
     }
 
     /// @inheritdoc INodeRegistry
+    function penalize(address node, uint256 amount) external onlyMarket returns (uint256 taken) {
+        Node storage n = _nodes[node];
+        uint256 stake = n.stake;
+        taken = amount < stake ? amount : stake;
+        if (taken == 0) return 0;
+        n.stake = uint96(stake - taken);
+        emit NodePenalized(node, taken);
+        token.safeTransfer(msg.sender, taken);
+    }
+
+    /// @inheritdoc INodeRegistry
     function settle(address node) external onlyMarket {
         Node storage n = _nodes[node];
         uint256 u = n.unsettled;
@@ -403,7 +440,7 @@ contract NodeRegistry is INodeRegistryFull, AccessControl {
         view
         returns (address node)
     {
-        return _select(req, seed, excludeA, excludeB);
+        return _select(req, seed, excludeA, excludeB, 0);
     }
 
     /// @inheritdoc INodeRegistry
@@ -588,8 +625,10 @@ contract NodeRegistry is INodeRegistryFull, AccessControl {
             n.modelCount = uint8(_replaceModels(n.modelCount, models, p.maxModels));
         }
         n.status = NodeStatus.Available;
-        n.qos = uint24(NodeSelection.MAX_QOS);
-        n.taskCount = 0;
+        // QoS follows the address: only a first join starts at 10; a node that quit or was
+        // kicked out comes back with the QoS and task count it left with.
+        if (st == NodeStatus.None) n.qos = uint24(NodeSelection.MAX_QOS);
+        _onlineSince[msg.sender] = block.number;
         (n.major, n.minor, n.patch) = (version[0], version[1], version[2]);
         n.stake = uint96(stake);
         _insertAvailable(msg.sender, n, true);
@@ -637,15 +676,32 @@ contract NodeRegistry is INodeRegistryFull, AccessControl {
         gid = _groupIds[key];
         if (gid == 0) {
             gid = uint256(_hot.numGroups) + 1;
-            if (gid > maxGroups) revert TooManyHardwareGroups(maxGroups);
-            _hot.numGroups = uint8(gid);
+            if (gid > maxGroups) {
+                gid = _emptyGroup(gid - 1);
+                if (gid == 0) revert TooManyHardwareGroups(maxGroups);
+            } else {
+                _hot.numGroups = uint8(gid);
+            }
             _groupIds[key] = uint8(gid);
             _groupGpu[gid] = gpu;
             _groupWords[gid] = NodeSelection.newWord(vram);
             (uint256 slot, uint256 shift) = NodeSelection.lane(gid);
-            _directory[slot] |= uint256(vram) << shift;
+            _directory[slot] = (_directory[slot] & ~(uint256(0xffff) << shift)) | (uint256(vram) << shift);
             emit HardwareGroupCreated(gid, gpu, gpuName, vram);
         }
+    }
+
+    /// @dev A group without registered nodes (all quit), freed for a new (gpu, vram): 0 if none.
+    ///      Joining under new names and quitting cannot exhaust the groups. O(groups), only on
+    ///      the join that finds every group in use.
+    function _emptyGroup(uint256 groups) private returns (uint256) {
+        for (uint256 g = 1; g <= groups; ++g) {
+            uint256 w = _groupWords[g];
+            if (w.nodes() != 0) continue;
+            delete _groupIds[keccak256(abi.encode(_groupGpu[g], w.vram()))];
+            return g;
+        }
+        return 0;
     }
 
     /// @dev Adds an Available node at the end of its (group, level) set.
@@ -755,11 +811,13 @@ contract NodeRegistry is INodeRegistryFull, AccessControl {
     }
 
     /// @dev The weighted draw described at the top of the contract.
-    function _select(Requirement calldata req, uint256 seed, address excludeA, address excludeB)
-        private
-        view
-        returns (address)
-    {
+    function _select(
+        Requirement calldata req,
+        uint256 seed,
+        address excludeA,
+        address excludeB,
+        uint256 onlineBefore
+    ) private view returns (address) {
         Draw memory d = Draw({gids: new uint256[](0), weights: new uint256[](0), n: 0, total: 0, skipA: 0, skipB: 0});
         if (req.gpu != 0) {
             uint256 gid = _groupIds[keccak256(abi.encode(req.gpu, req.minVram))];
@@ -791,7 +849,7 @@ contract NodeRegistry is INodeRegistryFull, AccessControl {
         }
         if (total == 0) return address(0);
         d.total = total;
-        return _draw(d, seed, req.localModel);
+        return _draw(d, seed, req.localModel, onlineBefore);
     }
 
     /// @dev Reads the directory: every group with weight and enough VRAM is a candidate.
@@ -824,7 +882,13 @@ contract NodeRegistry is INodeRegistryFull, AccessControl {
         }
     }
 
-    function _draw(Draw memory d, uint256 seed, bytes32 model) private view returns (address chosen) {
+    /// @dev Candidates online since `onlineBefore` or later (0: no such rule) are rejected like
+    ///      those of a disallowed version.
+    function _draw(Draw memory d, uint256 seed, bytes32 model, uint256 onlineBefore)
+        private
+        view
+        returns (address chosen)
+    {
         Hot storage hot = _hot;
         // The version rule packed as major << 32 | minor << 16 | patch.
         uint256 rule = (uint256(hot.versionMajor) << 32) | (uint256(hot.minMinor) << 16) | hot.minPatch;
@@ -834,6 +898,7 @@ contract NodeRegistry is INodeRegistryFull, AccessControl {
             Node storage c = _nodes[cand];
             uint256 v = (uint256(c.major) << 32) | (uint256(c.minor) << 16) | c.patch;
             if ((v >> 32) != (rule >> 32) || (v & 0xffffffff) < (rule & 0xffffffff)) continue;
+            if (onlineBefore != 0 && _onlineSince[cand] >= onlineBefore) continue;
             chosen = cand;
             // Locality by rejection: a holder is always kept, a non-holder on a fair coin.
             if (model == 0 || (r >> 128) & 1 == 0 || _modelPos[cand][model] != 0) return cand;

@@ -17,11 +17,13 @@ import {MarketAudits, IMarketAudits} from "./libraries/MarketAudits.sol";
 ///         are refunded by direct transfer. The audit of drawn tasks runs in MarketAudits,
 ///         deployed by the constructor and called by DELEGATECALL over this contract's storage
 ///         (see MarketBase); creation, the queue, the undrawn path and the views stay here.
-/// @dev Randomness: node selection and the audit draw use block data. `block.prevrandao` (mixed
-///      with the task id) seeds selection; the draw uses the hash of the executor's commit block,
-///      which did not exist when the executor chose its score. A block producer can bias either
-///      (withhold a block, pick the commit block's contents); with stake >> fee this is not
-///      worth it, and the limit is accepted here as in the protocol.
+/// @dev Randomness (docs/security.md has the threat model and the numbers): the audit draw and
+///      the auditors use the hash of the executor's commit block, which did not exist when the
+///      executor chose its score and which no later caller can re-roll; auditors must have been
+///      online before that block. `block.prevrandao` seeds the executor's selection, which a
+///      creator can predict: steering a task to one's own node is made worthless instead (task
+///      mining counts only broad tasks of others, audits are drawn afterwards). A block producer
+///      can still withhold a commit block whose hash draws an audit (one try per block it makes).
 contract TaskMarket is MarketBase, ITaskMarket, INodeAvailableHook {
     using SafeERC20 for IERC20;
     using TaskQueue for TaskQueue.Queue;
@@ -50,7 +52,8 @@ contract TaskMarket is MarketBase, ITaskMarket, INodeAvailableHook {
                 auditWindow: 30 minutes,
                 discloseWindow: 15 minutes,
                 maxQueueClasses: 16,
-                auditScan: 8
+                auditScan: 8,
+                queueTimeout: 1 days
             })
         );
     }
@@ -94,12 +97,12 @@ contract TaskMarket is MarketBase, ITaskMarket, INodeAvailableHook {
         Task storage t = _tasks[taskId];
         TaskStatus status = t.status;
         if (status == TaskStatus.Started && msg.sender == t.executor) {
-            (uint256 time, uint256 timeoutSecs) = _timing(t.info);
+            (uint256 time, uint256 timeoutSecs) = _timing(t);
             uint256 start = t.startTime;
             uint256 deadline = start + timeoutSecs;
             if (block.timestamp > deadline) revert DeadlinePassed(taskId, deadline);
             _execCommitment[taskId] = commitment;
-            t.commitBlock = uint40(block.number);
+            t.commitBlock = uint32(block.number);
             t.status = TaskStatus.Committed;
             if (block.timestamp > start + time) t.info |= _LATE;
             emit TaskCommitted(taskId, msg.sender, commitment);
@@ -119,7 +122,7 @@ contract TaskMarket is MarketBase, ITaskMarket, INodeAvailableHook {
             return;
         }
         if (status != TaskStatus.Committed) revert WrongStatus(taskId, status);
-        (, uint256 timeoutSecs) = _timing(t.info);
+        (, uint256 timeoutSecs) = _timing(t);
         uint256 deadline = t.startTime + timeoutSecs;
         if (block.timestamp > deadline) revert DeadlinePassed(taskId, deadline);
         emit TaskDelivered(taskId);
@@ -130,10 +133,10 @@ contract TaskMarket is MarketBase, ITaskMarket, INodeAvailableHook {
         }
         address executor = t.executor;
         t.status = TaskStatus.Success;
-        _payExecutor(taskId, executor, t.fee);
+        _payExecutor(taskId, t, executor, t.fee);
         emit TaskSettled(taskId, Outcome.Success);
         _release(executor, score, true);
-        _recordSuccess(executor);
+        _recordSuccess(taskId, t, executor);
     }
 
     /// @inheritdoc ITaskMarket
@@ -157,8 +160,16 @@ contract TaskMarket is MarketBase, ITaskMarket, INodeAvailableHook {
             _delegate(abi.encodeCall(IMarketAudits.timeoutAudit, (taskId)));
             return;
         }
+        if (status == TaskStatus.Queued) {
+            if (block.timestamp <= uint256(t.startTime) + _paramsAt[t.pv].queueTimeout) revert NothingDue(taskId);
+            _dequeue(taskId);
+            t.status = TaskStatus.Expired;
+            emit TaskExpired(taskId);
+            _refund(taskId, t.creator, _escrowOf(t));
+            return;
+        }
         if (status != TaskStatus.Started && status != TaskStatus.Committed) revert NothingDue(taskId);
-        (, uint256 timeoutSecs) = _timing(t.info);
+        (, uint256 timeoutSecs) = _timing(t);
         if (block.timestamp <= t.startTime + timeoutSecs) revert NothingDue(taskId);
         address executor = t.executor;
         emit TaskTimedOut(taskId, executor);
@@ -166,6 +177,15 @@ contract TaskMarket is MarketBase, ITaskMarket, INodeAvailableHook {
             // Committed, not delivered, drawn: the audit still judges it.
             _delegate(abi.encodeCall(IMarketAudits.startAudit, (taskId, _EXEC_DONE, 0)));
             return;
+        }
+        if (status == TaskStatus.Committed) {
+            // Withholding an undrawn result must not save the levy (docs/security.md, 1d): the
+            // levy comes out of the executor's stake.
+            uint256 taken = registry.penalize(executor, uint256(t.fee) * _paramsAt[t.pv].auditLevyBps / _BPS);
+            if (taken != 0) {
+                _pool.balance += uint96(taken);
+                emit ExecutorPenalized(taskId, executor, taken);
+            }
         }
         _finish(taskId, t, status == TaskStatus.Started ? Outcome.NotCommitted : Outcome.NotDelivered, _escrowOf(t));
         _release(executor, 0, true);
@@ -198,9 +218,10 @@ contract TaskMarket is MarketBase, ITaskMarket, INodeAvailableHook {
     }
 
     /// @inheritdoc ITaskMarket
-    function setEmission(address taskMining_) external onlyRole(DEFAULT_ADMIN_ROLE) {
+    function setEmission(address taskMining_, uint256 minMiningFee_) external onlyRole(DEFAULT_ADMIN_ROLE) {
         _pool.taskMining = taskMining_;
-        emit EmissionChanged(taskMining_);
+        _minMiningFee = minMiningFee_;
+        emit EmissionChanged(taskMining_, minMiningFee_);
     }
 
     // ================================================================== views
@@ -209,7 +230,8 @@ contract TaskMarket is MarketBase, ITaskMarket, INodeAvailableHook {
     function getTask(uint256 taskId) external view returns (TaskInfo memory info) {
         Task storage t = _tasks[taskId];
         uint8 bits = t.info;
-        (uint256 time, uint256 timeoutSecs) = _timing(bits);
+        Params storage p = _paramsAt[t.pv];
+        (uint256 time, uint256 timeoutSecs) = _timingWith(p, bits);
         info.creator = t.creator;
         info.taskType = bits & _IMAGES_MASK == 0 ? TaskType.Text : TaskType.Image;
         info.status = t.status;
@@ -222,15 +244,15 @@ contract TaskMarket is MarketBase, ITaskMarket, INodeAvailableHook {
         info.alwaysAudit = bits & _ALWAYS_AUDIT != 0;
         info.executor = t.executor;
         info.commitBlock = t.commitBlock;
-        info.startTime = t.startTime;
-        if (t.startTime != 0) info.deadline = t.startTime + timeoutSecs;
+        if (t.status != TaskStatus.Queued) info.startTime = t.startTime;
+        if (info.startTime != 0) info.deadline = info.startTime + timeoutSecs;
         Audit storage a = _audits[taskId];
         info.drawn = a.drawTime != 0;
         info.drawResolved = info.drawn || bits & _RESOLVED_CLEAR != 0 || t.status == TaskStatus.Success;
         info.delivered = a.flags & _DELIVERED != 0 || (!info.drawn && t.status == TaskStatus.Success);
         if (info.drawn) {
-            info.auditSearchDeadline = uint256(a.drawTime) + _params.auditWindow;
-            if (a.discloseStart != 0) info.discloseDeadline = uint256(a.discloseStart) + _params.discloseWindow;
+            info.auditSearchDeadline = uint256(a.drawTime) + p.auditWindow;
+            if (a.discloseStart != 0) info.discloseDeadline = uint256(a.discloseStart) + p.discloseWindow;
             for (uint256 i = 0; i < 2; ++i) {
                 info.auditors[i] = a.auditors[i].node;
                 if (a.auditors[i].node != address(0)) {
@@ -271,7 +293,7 @@ contract TaskMarket is MarketBase, ITaskMarket, INodeAvailableHook {
     /// @inheritdoc ITaskMarket
     function estimatedTime(TaskType taskType, uint8 numImages) public view returns (uint256 time) {
         // numImages of a text task is ignored; an image task's is kept whole (not masked).
-        if (taskType == TaskType.Text) (time,) = _timing(0);
+        if (taskType == TaskType.Text) (time,) = _timingWith(_params, 0);
         else time = uint256(_params.nonGenerationTime) + uint256(numImages) * _params.secondsPerImage;
     }
 
@@ -316,6 +338,11 @@ contract TaskMarket is MarketBase, ITaskMarket, INodeAvailableHook {
         return _pool.taskMining;
     }
 
+    /// @inheritdoc ITaskMarket
+    function minMiningFee() external view returns (uint256) {
+        return _minMiningFee;
+    }
+
     // ================================================================== creation and queue
 
     function _validate(TaskRequest calldata req) private pure {
@@ -331,21 +358,25 @@ contract TaskMarket is MarketBase, ITaskMarket, INodeAvailableHook {
     function _create(TaskRequest calldata req) private returns (uint256 taskId) {
         _validate(req);
         uint8 info = req.numImages | (req.alwaysAudit ? _ALWAYS_AUDIT : 0);
-        (uint256 time,) = _timing(info);
+        (uint256 time,) = _timingWith(_params, info);
         uint256 value = req.fee / time;
-        taskId = ++_counters.lastTaskId;
+        Counters storage counters = _counters;
+        taskId = ++counters.lastTaskId;
 
+        // Without a required GPU, minVram is rounded up to a VRAM tier: few queue classes.
+        uint16 minVram = req.requiredGpu == 0 ? _vramTier(req.minVram) : req.minVram;
         Task storage t = _tasks[taskId];
+        t.pv = counters.pv;
         t.creator = msg.sender;
         t.fee = uint80(req.fee);
-        t.minVram = req.minVram;
+        t.minVram = minVram;
         t.argsHash = req.argsHash;
         if (req.requiredGpu != 0) _taskGpu[taskId] = req.requiredGpu;
-        _emitCreated(taskId, req, value);
+        _emitCreated(taskId, req, value, minVram);
 
         address node = registry.lockRandom(
-            INodeRegistry.Requirement({minVram: req.minVram, gpu: req.requiredGpu, localModel: req.modelIds[0]}),
-            _seed(taskId, 0),
+            INodeRegistry.Requirement({minVram: minVram, gpu: req.requiredGpu, localModel: req.modelIds[0]}),
+            _seed(taskId),
             address(0),
             address(0)
         );
@@ -355,7 +386,8 @@ contract TaskMarket is MarketBase, ITaskMarket, INodeAvailableHook {
         } else {
             t.status = TaskStatus.Queued;
             t.info = info;
-            evicted = _enqueue(taskId, req.requiredGpu, req.minVram, value);
+            t.startTime = uint40(block.timestamp);
+            evicted = _enqueue(taskId, req.requiredGpu, minVram, value);
         }
         token.safeTransferFrom(msg.sender, address(this), req.alwaysAudit ? req.fee * 3 : req.fee);
         if (evicted != 0) {
@@ -364,7 +396,7 @@ contract TaskMarket is MarketBase, ITaskMarket, INodeAvailableHook {
         }
     }
 
-    function _emitCreated(uint256 taskId, TaskRequest calldata req, uint256 value) private {
+    function _emitCreated(uint256 taskId, TaskRequest calldata req, uint256 value, uint16 minVram) private {
         emit TaskCreated(
             taskId,
             msg.sender,
@@ -374,7 +406,7 @@ contract TaskMarket is MarketBase, ITaskMarket, INodeAvailableHook {
             req.fee,
             value,
             req.numImages,
-            req.minVram,
+            minVram,
             req.requiredGpu,
             req.alwaysAudit
         );
@@ -393,18 +425,30 @@ contract TaskMarket is MarketBase, ITaskMarket, INodeAvailableHook {
             (evicted, lowBucket) = _lowestQueued();
             if (evicted == 0 || bucket <= lowBucket) {
                 Task storage low = _tasks[evicted];
-                (uint256 lowTime,) = _timing(low.info);
+                (uint256 lowTime,) = _timing(low);
                 revert QueueFull(maxSize, evicted == 0 ? 0 : uint256(low.fee) / lowTime, value);
             }
             _dequeue(evicted);
             _tasks[evicted].status = TaskStatus.Evicted;
             emit TaskEvicted(evicted, taskId);
         }
+        if (gpu != 0 && registry.groupNodes(gpu, minVram) == 0) revert NoNodeForGpu(gpu, minVram);
         uint256 c = _classFor(gpu, minVram, _params.maxQueueClasses);
         _queue.push(c, bucket, taskId);
         ++_classes[c].count;
         ++_counters.queueSize;
         emit TaskQueued(taskId, value);
+    }
+
+    /// @dev The VRAM tier of a task without a required GPU: the smallest tier >= minVram. With
+    ///      19 tiers there are at most 19 such queue classes; a GPU class needs a registered node
+    ///      of that hardware, so cheap tasks nobody can run cannot take every class.
+    function _vramTier(uint16 minVram) private pure returns (uint16) {
+        uint16[19] memory tiers = [0, 2, 4, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 128, 192, uint16(256)];
+        for (uint256 i = 0; i < 19; ++i) {
+            if (minVram <= tiers[i]) return tiers[i];
+        }
+        revert MinVramTooHigh(minVram, 256);
     }
 
     /// @dev The queue class of (gpu, minVram), allocated when new.
@@ -454,26 +498,48 @@ contract TaskMarket is MarketBase, ITaskMarket, INodeAvailableHook {
         if (info & _RESOLVED_CLEAR != 0) return false;
         uint256 commitBlock = t.commitBlock;
         if (block.number <= commitBlock) revert DrawNotResolvable(taskId, commitBlock);
-        if (info & _ALWAYS_AUDIT != 0 || block.number - commitBlock > 256) {
+        if (info & _ALWAYS_AUDIT != 0) {
             drawn = true;
+        } else if (block.number - commitBlock > 256) {
+            // The hash is lost: drawn, so that withholding cannot dodge an audit, but forced
+            // (by whoever let the hash expire), so the pool pays its auditors nothing.
+            drawn = true;
+            t.info = info | _FORCED;
         } else {
-            drawn = uint256(keccak256(abi.encode(blockhash(commitBlock), taskId))) % _BPS < _params.auditRateBps;
+            drawn = uint256(keccak256(abi.encode(blockhash(commitBlock), taskId))) % _BPS
+                < _paramsAt[t.pv].auditRateBps;
         }
         if (!drawn) t.info = info | _RESOLVED_CLEAR;
         emit DrawResolved(taskId, drawn);
     }
 
+    /// @dev Every parameter within its range; a new version in the ring, used by new tasks only.
     function _setParams(Params memory p) private {
-        if (p.nonGenerationTime == 0) revert ParamOutOfRange(0, p.nonGenerationTime);
-        if (p.maxQueueSize == 0) revert ParamOutOfRange(3, p.maxQueueSize);
-        if (p.auditRateBps > _BPS) revert ParamOutOfRange(6, p.auditRateBps);
-        if (p.auditLevyBps > _BPS) revert ParamOutOfRange(7, p.auditLevyBps);
-        if (p.maxQueueClasses == 0 || p.maxQueueClasses > 64) {
-            revert ParamOutOfRange(11, p.maxQueueClasses);
-        }
-        if (p.auditScan == 0) revert ParamOutOfRange(12, p.auditScan);
-        if (p.hammingThreshold > 64) revert ParamOutOfRange(8, p.hammingThreshold);
+        _range(0, p.nonGenerationTime, 1, 1 hours);
+        _range(1, p.secondsPerImage, 1, 1 hours);
+        _range(2, p.textGenerationTime, 1, 1 hours);
+        _range(3, p.maxQueueSize, 1, 10_000);
+        _range(4, p.minTimeout, 10, 1 days);
+        _range(5, p.timeoutFactor, 1, 20);
+        _range(6, p.auditRateBps, 0, _BPS);
+        _range(7, p.auditLevyBps, 0, 5000);
+        _range(8, p.hammingThreshold, 0, 16);
+        _range(9, p.auditWindow, 10, 1 days);
+        _range(10, p.discloseWindow, 10, 1 days);
+        _range(11, p.maxQueueClasses, 1, 64);
+        _range(12, p.auditScan, 1, 32);
+        _range(13, p.queueTimeout, 60, 30 days);
         _params = p;
+        uint8 pv;
+        unchecked {
+            pv = _counters.pv + 1;
+        }
+        _counters.pv = pv;
+        _paramsAt[pv] = p;
         emit ParamsChanged(p);
+    }
+
+    function _range(uint8 field, uint256 value, uint256 min, uint256 max) private pure {
+        if (value < min || value > max) revert ParamOutOfRange(field, value);
     }
 }

@@ -27,7 +27,7 @@ class TaskType(IntEnum):
 
 
 class TaskStatus(IntEnum):
-    """ITaskMarket.TaskStatus. SUCCESS, REFUNDED, CANCELLED and EVICTED are final."""
+    """ITaskMarket.TaskStatus. SUCCESS, REFUNDED, CANCELLED, EVICTED and EXPIRED are final."""
 
     NONE = 0
     QUEUED = 1
@@ -39,6 +39,7 @@ class TaskStatus(IntEnum):
     REFUNDED = 7
     CANCELLED = 8
     EVICTED = 9
+    EXPIRED = 10
 
     @property
     def is_final(self) -> bool:

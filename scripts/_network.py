@@ -23,6 +23,9 @@ class ParamsError(ValueError):
     """The parameter file names a parameter the contract does not have."""
 
 
+DEFAULT_MIN_MINING_FEE = 10**18  # 1 CNX
+
+
 def load_params(path: str | Path | None) -> dict[str, dict[str, Any]]:
     if path is None:
         return {}
@@ -70,7 +73,9 @@ def deploy_network(
     node_mining.grantRole(node_mining.REPORTER_ROLE(), registry, sender=deployer)
     task_mining.grantRole(task_mining.REPORTER_ROLE(), market, sender=deployer)
     registry.setNodeMining(node_mining, sender=deployer)
-    market.setEmission(task_mining, sender=deployer)
+    # Task mining counts tasks of at least this fee (docs/security.md: wash trading).
+    min_mining_fee = int(params.get("emission", {}).get("minMiningFee", DEFAULT_MIN_MINING_FEE))
+    market.setEmission(task_mining, min_mining_fee, sender=deployer)
 
     _apply_params(registry, params.get("registry", {}), deployer)
     _apply_params(market, params.get("market", {}), deployer)

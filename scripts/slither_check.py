@@ -38,7 +38,7 @@ ACCEPTED: dict[tuple[str, str], str] = {
         "caller builds the data with abi.encodeCall of a fixed IMarketAudits function"
     ),
     ("weak-prng", "TaskMarket._resolve"): (
-        "the audit draw is keccak(blockhash(commit block), taskId) by design (PROTOCOL.md step 6): "
+        "the audit draw is keccak(blockhash(commit block), taskId) by design (docs/protocol.md, the task lifecycle): "
         "unknown to the executor when it commits; the block-producer bias is documented"
     ),
 }

@@ -138,7 +138,8 @@ interface INodeRegistry {
 
     // ------------------------------------------------------------------ events
 
-    /// @notice A node joined (or rejoined) with `stake`; it is Available with QoS 10.
+    /// @notice A node joined (or rejoined) with `stake`; it is Available, with QoS 10 on a first
+    ///         join and the QoS it left with on a rejoin.
     event NodeJoined(
         address indexed node,
         uint256 stake,
@@ -174,6 +175,8 @@ interface INodeRegistry {
     event MarketChanged(address indexed previousMarket, address indexed newMarket);
     /// @notice Governance changed the node-mining hook address (0 = off).
     event NodeMiningChanged(address indexed previousNodeMining, address indexed newNodeMining);
+    /// @notice The market took `amount` of the node's stake into its audit pool (penalize).
+    event NodePenalized(address indexed node, uint256 amount);
     /// @notice Governance changed the treasury.
     event TreasuryChanged(address indexed previousTreasury, address indexed newTreasury);
 
@@ -185,6 +188,25 @@ interface INodeRegistry {
     function lockRandom(Requirement calldata req, uint256 seed, address excludeA, address excludeB)
         external
         returns (address node);
+
+    /// @notice lockRandom for an auditor: only nodes online (joined or resumed) before block
+    ///         `onlineBefore` are drawn, so a node that joins or resumes after seeing a task's
+    ///         commitment never audits it. Only the task market.
+    /// @param onlineBefore The first block whose joiners and resumers are not drawn.
+    /// @return node The chosen node, or address(0) when no node is eligible.
+    function lockAuditor(
+        Requirement calldata req,
+        uint256 seed,
+        address excludeA,
+        address excludeB,
+        uint256 onlineBefore
+    ) external returns (address node);
+
+    /// @notice Registered (not Quit) nodes of the hardware group (gpu, vram); 0 if no such group.
+    function groupNodes(bytes32 gpu, uint16 vram) external view returns (uint256);
+
+    /// @notice The block in which the node last joined or resumed (0 if never).
+    function onlineSince(address node) external view returns (uint256);
 
     /// @notice Locks a given Available node into a task (the node pulled it from the queue):
     ///         Busy, one more unsettled task. Only the task market.
@@ -212,6 +234,12 @@ interface INodeRegistry {
     /// @notice True when the node is Available and meets `req`.
     function isEligible(address node, Requirement calldata req) external view returns (bool);
 
+    /// @notice Takes up to `amount` of the node's stake and sends it to the caller (the market's
+    ///         audit pool): the price of committing to a result and not delivering it. The node
+    ///         keeps its status. Only the market.
+    /// @return taken What was taken (less than `amount` when the stake is smaller).
+    function penalize(address node, uint256 amount) external returns (uint256 taken);
+
     /// @notice The node's declared hardware.
     function hardware(address node) external view returns (bytes32 gpu, uint16 vram);
 }
@@ -228,7 +256,8 @@ interface INodeAvailableHook {
 ///         (a test double, say) need not implement these.
 interface INodeRegistryFull is INodeRegistry {
     /// @notice Joins (or rejoins after quitting) with `stake` CNX pulled by transferFrom
-    ///         (approve first). The node becomes Available with QoS 10.
+    ///         (approve first). The node becomes Available (QoS 10 on a first join; a rejoin
+    ///         keeps the QoS and task count it left with).
     /// @param stake Stake in CNX wei, at least minStake.
     /// @param gpuName GPU model name, stored as keccak256(bytes(gpuName)) and emitted as is.
     /// @param vram VRAM in whole GB.

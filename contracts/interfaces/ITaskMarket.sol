@@ -24,7 +24,8 @@ interface ITaskMarketTypes {
         Success, // executor paid
         Refunded, // fee refunded to the creator (see the Outcome of TaskSettled)
         Cancelled, // cancelled by the creator while queued, fee refunded
-        Evicted // pushed out of a full queue by a higher-value task, fee refunded
+        Evicted, // pushed out of a full queue by a higher-value task, fee refunded
+        Expired // waited in the queue longer than queueTimeout, fee refunded
     }
 
     /// @notice How a started task ended (TaskSettled).
@@ -47,7 +48,9 @@ interface ITaskMarketTypes {
     /// @param taskType Image or Text.
     /// @param argsHash keccak256 of the raw argument JSON uploaded to the relay.
     /// @param modelIds keccak256 of each model ID; modelIds[0] is the base model (locality bonus).
-    /// @param minVram Minimum VRAM in GB (exact VRAM when requiredGpu is set).
+    /// @param minVram Minimum VRAM in GB (exact VRAM when requiredGpu is set). Without a required
+    ///        GPU it is rounded up to the next tier of 0, 2, 4, 6, 8, 10, 12, 16, 20, 24, 32, 40,
+    ///        48, 64, 80, 96, 128, 192, 256 (at most 256).
     /// @param requiredGpu keccak256 of the GPU name the node must have, or 0 for any.
     /// @param numImages 1..10 for image tasks, 0 for text tasks.
     /// @param fee The price P in CNX wei (at most MAX_FEE); escrowed at creation.
@@ -76,8 +79,13 @@ interface ITaskMarketTypes {
     /// @param auditWindow Seconds after the draw during which auditors are looked for.
     /// @param discloseWindow Seconds the parties have to disclose once disclosure opens.
     /// @param maxQueueClasses Most distinct (requiredGpu, minVram) classes in the queue at once (<= 64).
-    /// @param auditScan Most pending audits a freed node inspects before it looks at the queue
-    ///        (entries whose search window has ended count until timeout() removes them).
+    /// @param auditScan Most pending audits a freed node inspects before it looks at the queue;
+    ///        entries whose search window has ended are dropped from the list as they are met,
+    ///        entries the node cannot serve move to the back (nothing hides an audit for long).
+    /// @param queueTimeout Seconds a task may wait in the queue; then anyone may expire it (refund).
+    /// @dev Every field has a range (see ParamOutOfRange). A task keeps the parameters in force
+    ///      when it was created (deadlines, windows, levy, audit rate, threshold): a change
+    ///      applies to new tasks only.
     struct Params {
         uint16 nonGenerationTime;
         uint16 secondsPerImage;
@@ -92,6 +100,7 @@ interface ITaskMarketTypes {
         uint32 discloseWindow;
         uint8 maxQueueClasses;
         uint8 auditScan;
+        uint32 queueTimeout;
     }
 
     /// @notice Everything known about a task (getTask). Times are Unix seconds, 0 when not set.
@@ -184,10 +193,15 @@ interface ITaskMarketTypes {
     event TaskRefunded(uint256 indexed taskId, address indexed creator, uint256 amount);
     /// @notice The creator cancelled its queued task.
     event TaskCancelled(uint256 indexed taskId);
+    /// @notice A queued task waited longer than queueTimeout and was expired (fee refunded).
+    event TaskExpired(uint256 indexed taskId);
     /// @notice A queued task was evicted by the higher-value task `byTaskId`.
     event TaskEvicted(uint256 indexed taskId, uint256 indexed byTaskId);
     /// @notice The market slashed a node through the registry; `toAuditPool` joined the audit pool.
     event NodeSlashed(uint256 indexed taskId, address indexed node, SlashReason reason, uint256 toAuditPool);
+    /// @notice The executor committed and never delivered an undrawn task: `amount` (the levy
+    ///         the task would have paid) was taken from its stake into the audit pool.
+    event ExecutorPenalized(uint256 indexed taskId, address indexed node, uint256 amount);
     /// @notice A node was credited `amount` (withdraw with withdraw()).
     event NodePaid(uint256 indexed taskId, address indexed node, uint256 amount);
     /// @notice A node withdrew its balance.
@@ -196,8 +210,8 @@ interface ITaskMarketTypes {
     event AuditLevy(uint256 indexed taskId, uint256 amount);
     /// @notice Governance changed the parameters.
     event ParamsChanged(Params params);
-    /// @notice Governance changed the task-mining hook (0 = off).
-    event EmissionChanged(address taskMining);
+    /// @notice Governance changed the task-mining hook (0 = off) and the smallest fee that counts.
+    event EmissionChanged(address taskMining, uint256 minMiningFee);
 
     // ------------------------------------------------------------------ errors
 
@@ -211,6 +225,11 @@ interface ITaskMarketTypes {
     error NoModels();
     /// @notice Thrown when the queue is full and the new task's value does not beat the lowest.
     error QueueFull(uint256 maxQueueSize, uint256 lowestValue, uint256 value);
+    /// @notice Thrown when a task without a required GPU asks for more than 256 GB of VRAM.
+    error MinVramTooHigh(uint16 minVram, uint16 maxMinVram);
+    /// @notice Thrown when a task requiring a GPU would queue but no registered node has that
+    ///         hardware (gpu, vram): nothing could ever run it.
+    error NoNodeForGpu(bytes32 gpu, uint16 vram);
     /// @notice Thrown when queueing needs a new requirement class and all classes are in use.
     error TooManyQueueClasses(uint256 maxQueueClasses);
     /// @notice Thrown when someone other than the creator cancels a task.
@@ -238,8 +257,7 @@ interface ITaskMarketTypes {
     /// @notice Thrown when withdraw() finds a zero balance.
     error NothingToWithdraw(address node);
     /// @notice Thrown when a parameter is out of its range; `field` is its position in Params
-    ///         (0 nonGenerationTime, 3 maxQueueSize, 6 auditRateBps, 7 auditLevyBps,
-    ///         8 hammingThreshold, 11 maxQueueClasses, 12 auditScan).
+    ///         (0 nonGenerationTime ... 13 queueTimeout, in the order of the struct).
     error ParamOutOfRange(uint8 field, uint256 value);
     /// @notice Thrown when onNodeAvailable is called by someone else than the registry.
     error NotRegistry(address caller);
@@ -253,7 +271,7 @@ interface ITaskMarketTypes {
 ///         estimated execution time). The executor commits to its result score; the block hash
 ///         of the commit block draws whether two more nodes audit the task. Undrawn tasks
 ///         settle on the relay's delivery attestation (three transactions in all); drawn tasks
-///         settle after the three parties disclose. Rules: PROTOCOL.md of the project.
+///         settle after the three parties disclose. Rules: docs/protocol.md.
 /// @dev Conventions shared with the node client and the relay:
 ///      commitment = keccak256(abi.encode(uint256 taskId, address node, bytes score, bytes32 salt));
 ///      image score = concatenated 8-byte pHashes, text score = 32-byte SHA-256, error = empty.
@@ -313,9 +331,9 @@ interface ITaskMarket is ITaskMarketTypes {
     /// @param salt The committed salt.
     function disclose(uint256 taskId, bytes calldata score, bytes32 salt) external;
 
-    /// @notice Applies every timeout of the task that is due (anyone may call): the executor's
-    ///         execution deadline (not committed: refund; committed but not delivered: refund,
-    ///         or audit if drawn), an auditor's commit deadline (slashed), the end of the auditor
+    /// @notice Applies every timeout of the task that is due (anyone may call): a queued task
+    ///         past queueTimeout (expired, refunded), the executor's execution deadline (not
+    ///         committed: refund; committed but not delivered: refund, or audit if drawn), an auditor's commit deadline (slashed), the end of the auditor
     ///         search window, and the disclosure deadline (the silent are slashed, the rest settle).
     /// @param taskId The task.
     function timeout(uint256 taskId) external;
@@ -330,9 +348,11 @@ interface ITaskMarket is ITaskMarketTypes {
     function setParams(Params calldata params) external;
 
     /// @notice Sets the task-mining hook called for every node paid for a successful task
-    ///         (DEFAULT_ADMIN_ROLE; 0 turns it off).
+    ///         that shows real demand: fee >= minMiningFee, no required GPU, and the node is not
+    ///         the task's creator (DEFAULT_ADMIN_ROLE; 0 turns it off).
     /// @param taskMining An ITaskMining contract or 0.
-    function setEmission(address taskMining) external;
+    /// @param minMiningFee The smallest task fee that counts for task mining.
+    function setEmission(address taskMining, uint256 minMiningFee) external;
 
     // ------------------------------------------------------------------ views
 
@@ -370,4 +390,7 @@ interface ITaskMarket is ITaskMarketTypes {
 
     /// @notice The task-mining hook (0 = off).
     function taskMining() external view returns (address);
+
+    /// @notice The smallest task fee that counts for task mining.
+    function minMiningFee() external view returns (uint256);
 }

@@ -59,7 +59,7 @@ contract MarketAudits is MarketBase, IMarketAudits {
     /// @inheritdoc IMarketAudits
     function commitAudit(uint256 taskId, bytes32 commitment) external onlyDelegated {
         Task storage t = _tasks[taskId];
-        (uint256 time, uint256 timeoutSecs) = _timing(t.info);
+        (uint256 time, uint256 timeoutSecs) = _timing(t);
         Audit storage a = _audits[taskId];
         for (uint256 i = 0; i < 2; ++i) {
             Auditor storage au = a.auditors[i];
@@ -82,7 +82,7 @@ contract MarketAudits is MarketBase, IMarketAudits {
         Task storage t = _tasks[taskId];
         Audit storage a = _audits[taskId];
         if (a.flags & _EXEC_DONE != 0) revert WrongStatus(taskId, t.status);
-        (, uint256 timeoutSecs) = _timing(t.info);
+        (, uint256 timeoutSecs) = _timing(t);
         uint256 deadline = t.startTime + timeoutSecs;
         if (block.timestamp > deadline) revert DeadlinePassed(taskId, deadline);
         a.flags |= _DELIVERED | _EXEC_DONE;
@@ -96,7 +96,7 @@ contract MarketAudits is MarketBase, IMarketAudits {
         Task storage t = _tasks[taskId];
         if (t.status != TaskStatus.Disclosing) revert WrongStatus(taskId, t.status);
         Audit storage a = _audits[taskId];
-        uint256 deadline = uint256(a.discloseStart) + _params.discloseWindow;
+        uint256 deadline = uint256(a.discloseStart) + _paramsAt[t.pv].discloseWindow;
         if (block.timestamp > deadline) revert DeadlinePassed(taskId, deadline);
         (uint256 party, bytes32 commitment) = _partyOf(taskId, t, a, msg.sender);
         if (commitment == 0) revert NotAssigned(taskId, msg.sender);
@@ -118,7 +118,8 @@ contract MarketAudits is MarketBase, IMarketAudits {
     function timeoutAudit(uint256 taskId) external onlyDelegated {
         Task storage t = _tasks[taskId];
         TaskStatus status = t.status;
-        (, uint256 timeoutSecs) = _timing(t.info);
+        Params storage p = _paramsAt[t.pv];
+        (, uint256 timeoutSecs) = _timingWith(p, t.info);
         Audit storage au = _audits[taskId];
         bool progressed = false;
         if (au.flags & _EXEC_DONE == 0 && block.timestamp > t.startTime + timeoutSecs) {
@@ -129,11 +130,11 @@ contract MarketAudits is MarketBase, IMarketAudits {
         }
         if (status == TaskStatus.Auditing) {
             progressed = _auditorTimeouts(taskId, au, timeoutSecs) || progressed;
-            if (au.flags & _SEARCHING != 0 && block.timestamp > uint256(au.drawTime) + _params.auditWindow) {
+            if (au.flags & _SEARCHING != 0 && block.timestamp > uint256(au.drawTime) + p.auditWindow) {
                 _endSearch(taskId, au);
                 progressed = true;
             }
-        } else if (block.timestamp > uint256(au.discloseStart) + _params.discloseWindow) {
+        } else if (block.timestamp > uint256(au.discloseStart) + p.discloseWindow) {
             _slashSilentDisclosers(taskId, t, au);
             progressed = true;
         }
@@ -162,27 +163,21 @@ contract MarketAudits is MarketBase, IMarketAudits {
         if (gpu != 0) a.gpu = gpu;
         a.minVram = minVram;
         INodeRegistry.Requirement memory req = INodeRegistry.Requirement({minVram: minVram, gpu: gpu, localModel: 0});
+        uint256 commitBlock = t.commitBlock;
         uint8 found = 0;
         for (; found < 2; ++found) {
-            address node = registry.lockRandom(req, _seed(taskId, found + 1), executor, a.auditors[0].node);
+            // Seeded by the commit block's hash and drawn only among nodes online before it.
+            address node = registry.lockAuditor(
+                req, _auditSeed(taskId, commitBlock, found), executor, a.auditors[0].node, commitBlock
+            );
             if (node == address(0)) break;
             _setAuditor(taskId, a, found, node);
         }
         if (found < 2) {
             a.flags = flags | _SEARCHING;
-            uint40 tail = _counters.auditTail;
-            a.prevPending = tail;
-            if (tail == 0) _counters.auditHead = uint40(taskId);
-            else _audits[tail].nextPending = uint40(taskId);
-            _counters.auditTail = uint40(taskId);
+            _appendPending(taskId, a);
             emit AuditPending(taskId, 2 - found);
         }
-    }
-
-    function _endSearch(uint256 taskId, Audit storage a) private {
-        _unlinkPending(a);
-        a.flags &= ~_SEARCHING;
-        emit AuditSearchEnded(taskId, a.auditors[0].node == address(0) ? 0 : 1);
     }
 
     /// @dev Slashes the auditors whose commit deadline has passed. True if any.
@@ -211,6 +206,7 @@ contract MarketAudits is MarketBase, IMarketAudits {
         a.slashed |= uint8(1 << party);
         uint256 toPool = registry.slash(node);
         _pool.balance += uint96(toPool);
+        if (party == 0) _execSlashToPool += toPool;
         emit NodeSlashed(taskId, node, reason, toPool);
     }
 
@@ -250,7 +246,7 @@ contract MarketAudits is MarketBase, IMarketAudits {
         }
     }
 
-    /// @dev Compares the disclosed scores and settles a drawn task (see PROTOCOL.md step 7).
+    /// @dev Compares the disclosed scores and settles a drawn task (docs/protocol.md, the task lifecycle).
     ///      A party counts when it disclosed and was not slashed; it "agrees" when its score
     ///      matches another counting party's score, or when it is the only one counting. With
     ///      three counting, a party matching nobody while the other two match is slashed.
@@ -274,13 +270,13 @@ contract MarketAudits is MarketBase, IMarketAudits {
         uint256 refund = escrow;
         if (outcome == Outcome.Success) {
             refund -= fee;
-            _payExecutor(taskId, t.executor, fee);
+            _payExecutor(taskId, t, t.executor, fee);
         }
-        refund -= _settleAuditors(taskId, a, present, agree, fee, t.info & _ALWAYS_AUDIT != 0);
+        refund -= _settleAuditors(taskId, t, a, present, agree, outcome);
         _finish(taskId, t, outcome, refund);
-        if (outcome == Outcome.Success) _recordSuccess(t.executor);
+        if (outcome == Outcome.Success) _recordSuccess(taskId, t, t.executor);
         for (uint256 i = 0; i < 2; ++i) {
-            if (agree[i + 1]) _recordSuccess(a.auditors[i].node);
+            if (agree[i + 1]) _recordSuccess(taskId, t, a.auditors[i].node);
         }
     }
 
@@ -313,20 +309,25 @@ contract MarketAudits is MarketBase, IMarketAudits {
             _scores[taskId][y],
             (lens >> (8 * y)) & 0xff,
             t.info & _IMAGES_MASK != 0,
-            _params.hammingThreshold
+            _paramsAt[t.pv].hammingThreshold
         );
     }
 
-    /// @dev Slashes the dissenting auditor or settles the others, then pays those that agree
-    ///      (from the escrow with alwaysAudit, else from the pool, pro rata when it is short).
+    /// @dev Slashes the dissenting auditor or settles the others, then pays those that agree:
+    ///      the task fee each from the escrow with alwaysAudit; otherwise out of the pool, and
+    ///      only for audits nobody could force (docs/security.md, pool drain): a random draw
+    ///      whose executor was paid (its levy fed the pool) gets the fee each, pro rata when the
+    ///      pool is short; an audit that slashed the executor shares at most what that slash
+    ///      put into the pool; a forced draw (the commit block's hash was let expire), an
+    ///      undelivered result or no consensus pays nothing from the pool.
     ///      Returns what was paid out of the escrow.
     function _settleAuditors(
         uint256 taskId,
+        Task storage t,
         Audit storage a,
         uint256 present,
         bool[3] memory agree,
-        uint256 fee,
-        bool fromEscrow
+        Outcome outcome
     ) private returns (uint256 paidFromEscrow) {
         for (uint256 party = 1; party < 3; ++party) {
             address node = a.auditors[party - 1].node;
@@ -339,13 +340,15 @@ contract MarketAudits is MarketBase, IMarketAudits {
         }
         uint256 paid = (agree[1] ? 1 : 0) + (agree[2] ? 1 : 0);
         if (paid == 0) return 0;
-        uint256 each = fee;
-        if (!fromEscrow) {
-            uint256 pool = _pool.balance;
-            if (pool < fee * paid) each = pool / paid;
-            _pool.balance = uint96(pool - each * paid);
-        } else {
+        uint256 each = t.fee;
+        if (t.info & _ALWAYS_AUDIT != 0) {
             paidFromEscrow = each * paid;
+        } else {
+            uint256 budget = 0;
+            if (outcome == Outcome.Success && t.info & _FORCED == 0) budget = _pool.balance;
+            else if (outcome == Outcome.ExecutorSlashed) budget = _execSlashToPool;
+            if (budget < each * paid) each = budget / paid;
+            _pool.balance -= uint96(each * paid);
         }
         for (uint256 party = 1; party < 3; ++party) {
             if (agree[party]) _credit(taskId, a.auditors[party - 1].node, each);
@@ -360,9 +363,9 @@ contract MarketAudits is MarketBase, IMarketAudits {
         bool delivered = a.flags & _DELIVERED != 0;
         if (delivered) {
             refund -= t.fee;
-            _payExecutor(taskId, t.executor, t.fee);
+            _payExecutor(taskId, t, t.executor, t.fee);
         }
         _finish(taskId, t, delivered ? Outcome.Success : Outcome.NotDelivered, refund);
-        if (delivered) _recordSuccess(t.executor);
+        if (delivered) _recordSuccess(taskId, t, t.executor);
     }
 }

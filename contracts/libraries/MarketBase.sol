@@ -45,22 +45,26 @@ abstract contract MarketBase is ITaskMarketTypes, AccessControl, ReentrancyGuard
     uint8 internal constant _ALWAYS_AUDIT = 0x10;
     uint8 internal constant _RESOLVED_CLEAR = 0x20; // draw resolved: not drawn
     uint8 internal constant _LATE = 0x40; // executor committed after T
+    uint8 internal constant _FORCED = 0x80; // drawn because the commit block's hash was lost
 
     // Audit.flags bits.
     uint8 internal constant _SEARCHING = 0x01; // still looking for auditors
     uint8 internal constant _DELIVERED = 0x02; // the relay attested delivery
     uint8 internal constant _EXEC_DONE = 0x04; // the executor was released (delivered or timed out)
+    uint8 internal constant _UNLINKED = 0x08; // window over, dropped from the pending list by a scan
 
-    /// @dev Three storage slots per task.
+    /// @dev Three storage slots per task. While Queued, startTime holds the time it was queued.
+    ///      `pv` is the parameter version (ring index in _paramsAt) the task was created under.
     struct Task {
         address creator;
         uint80 fee;
         uint16 minVram;
         address executor;
         uint40 startTime;
-        uint40 commitBlock;
+        uint32 commitBlock;
         TaskStatus status;
         uint8 info;
+        uint8 pv;
         bytes32 argsHash;
     }
 
@@ -94,6 +98,7 @@ abstract contract MarketBase is ITaskMarketTypes, AccessControl, ReentrancyGuard
         uint64 activeClasses; // bit per queue class in use
         uint40 auditHead; // FIFO of drawn tasks still looking for auditors
         uint40 auditTail;
+        uint8 pv; // current parameter version (ring index in _paramsAt)
     }
 
     /// @dev A queue class: the (requiredGpu, minVram) of its tasks.
@@ -110,6 +115,8 @@ abstract contract MarketBase is ITaskMarketTypes, AccessControl, ReentrancyGuard
     }
 
     Params internal _params;
+    /// @dev Parameter versions, a ring of 256: a task reads the version it was created under.
+    mapping(uint256 version => Params) internal _paramsAt;
     Counters internal _counters;
     PoolSlot internal _pool;
     mapping(uint256 taskId => Task) internal _tasks;
@@ -122,6 +129,10 @@ abstract contract MarketBase is ITaskMarketTypes, AccessControl, ReentrancyGuard
     TaskQueue.Queue internal _queue;
     mapping(uint256 class => QueueClass) internal _classes;
     mapping(bytes32 key => uint256) internal _classIndex; // class + 1
+    uint256 internal _minMiningFee;
+    /// @dev What slashing the executor put into the audit pool in this transaction: the most a
+    ///      judged audit may pay its auditors out of the pool when the executor is slashed.
+    uint256 internal transient _execSlashToPool;
 
     constructor(IERC20 token_, INodeRegistry registry_) {
         if (address(token_) == address(0) || address(registry_) == address(0)) revert ZeroAddress();
@@ -164,23 +175,53 @@ abstract contract MarketBase is ITaskMarketTypes, AccessControl, ReentrancyGuard
         _start(best, t, node, t.info);
     }
 
-    /// @dev Scans up to auditScan pending audits for one the node may take.
+    /// @dev Scans up to auditScan pending audits for one the node may take: one whose search
+    ///      window is open, whose requirement it meets, that it is not already a party of, and
+    ///      whose commitment came after the node was online (joined or resumed), so that a node
+    ///      cannot resume to snipe an audit it has seen. Entries past their window leave the
+    ///      list; entries this node cannot take move to the back, so unservable entries at the
+    ///      head cannot hide the ones behind them.
     function _takeAudit(address node, bytes32 gpu, uint16 vram, uint256 id) internal returns (bool) {
         uint256 scan = _params.auditScan;
-        uint256 window = _params.auditWindow;
+        uint256 since = registry.onlineSince(node);
         for (uint256 k = 0; k < scan && id != 0; ++k) {
             Audit storage a = _audits[id];
-            if (
-                block.timestamp <= uint256(a.drawTime) + window && _fits(a.gpu, a.minVram, gpu, vram)
-                    && node != _tasks[id].executor && node != a.auditors[0].node
+            Task storage t = _tasks[id];
+            uint256 next = a.nextPending;
+            if (block.timestamp > uint256(a.drawTime) + _paramsAt[t.pv].auditWindow) {
+                // Off the list; timeout() still ends the search and settles the task.
+                _unlinkPending(a);
+                a.flags |= _UNLINKED;
+            } else if (
+                _fits(a.gpu, a.minVram, gpu, vram) && node != t.executor && node != a.auditors[0].node
+                    && since < t.commitBlock
             ) {
                 registry.lock(node);
                 _addAuditor(id, a, node);
                 return true;
+            } else if (next != 0) {
+                _unlinkPending(a);
+                _appendPending(id, a);
             }
-            id = a.nextPending;
+            id = next;
         }
         return false;
+    }
+
+    /// @dev Appends a drawn task to the pending-audit list.
+    function _appendPending(uint256 taskId, Audit storage a) internal {
+        uint40 tail = _counters.auditTail;
+        a.prevPending = tail;
+        if (tail == 0) _counters.auditHead = uint40(taskId);
+        else _audits[tail].nextPending = uint40(taskId);
+        _counters.auditTail = uint40(taskId);
+    }
+
+    /// @dev Ends the auditor search of a drawn task (window over, or found none in time).
+    function _endSearch(uint256 taskId, Audit storage a) internal {
+        if (a.flags & _UNLINKED == 0) _unlinkPending(a);
+        a.flags &= ~(_SEARCHING | _UNLINKED);
+        emit AuditSearchEnded(taskId, a.auditors[0].node == address(0) ? 0 : 1);
     }
 
     function _setAuditor(uint256 taskId, Audit storage a, uint256 i, address node) internal {
@@ -243,8 +284,8 @@ abstract contract MarketBase is ITaskMarketTypes, AccessControl, ReentrancyGuard
     // ================================================================== settlement
 
     /// @dev Credits the executor fee minus the audit levy; the levy joins the audit pool.
-    function _payExecutor(uint256 taskId, address executor, uint256 fee) internal {
-        uint256 levy = fee * _params.auditLevyBps / _BPS;
+    function _payExecutor(uint256 taskId, Task storage t, address executor, uint256 fee) internal {
+        uint256 levy = fee * _paramsAt[t.pv].auditLevyBps / _BPS;
         if (levy != 0) {
             _pool.balance += uint96(levy);
             emit AuditLevy(taskId, levy);
@@ -257,11 +298,15 @@ abstract contract MarketBase is ITaskMarketTypes, AccessControl, ReentrancyGuard
         emit NodePaid(taskId, node, amount);
     }
 
-    /// @dev Tells the task-mining hook (if set) that `node` completed a task successfully.
-    ///      Called last in every settlement, after all state changes.
-    function _recordSuccess(address node) internal {
+    /// @dev Tells the task-mining hook (if set) that `node` completed a task successfully, when
+    ///      the task shows real demand: its fee is at least _minMiningFee, it names no GPU (so
+    ///      the creator could not restrict it to its own hardware), and `node` is not its
+    ///      creator. Called last in every settlement, after all state changes.
+    function _recordSuccess(uint256 taskId, Task storage t, address node) internal {
         address mining = _pool.taskMining;
-        if (mining != address(0)) ITaskMining(mining).recordSuccess(node);
+        if (mining == address(0) || node == t.creator || _taskGpu[taskId] != 0) return;
+        if (t.fee < _minMiningFee) return;
+        ITaskMining(mining).recordSuccess(node);
     }
 
     /// @dev Final state of a started task: Success or Refunded (with `refund` to the creator).
@@ -300,10 +345,14 @@ abstract contract MarketBase is ITaskMarketTypes, AccessControl, ReentrancyGuard
         return (0, 0);
     }
 
-    /// @dev The estimated time T of a task (from its info bits) and its execution timeout
-    ///      max(minTimeout, timeoutFactor x T).
-    function _timing(uint8 info) internal view returns (uint256 time, uint256 timeoutSecs) {
-        Params storage p = _params;
+    /// @dev The estimated time T of a task and its execution timeout, under the parameters the
+    ///      task was created with.
+    function _timing(Task storage t) internal view returns (uint256 time, uint256 timeoutSecs) {
+        return _timingWith(_paramsAt[t.pv], t.info);
+    }
+
+    /// @dev T (from the info bits) and the execution timeout max(minTimeout, timeoutFactor x T).
+    function _timingWith(Params storage p, uint8 info) internal view returns (uint256 time, uint256 timeoutSecs) {
         uint256 images = info & _IMAGES_MASK;
         time = images == 0
             ? uint256(p.nonGenerationTime) + p.textGenerationTime
@@ -313,8 +362,16 @@ abstract contract MarketBase is ITaskMarketTypes, AccessControl, ReentrancyGuard
         if (timeoutSecs < floor) timeoutSecs = floor;
     }
 
-    /// @dev Selection randomness: prevrandao mixed with the task id (see the contract's @dev).
-    function _seed(uint256 taskId, uint256 salt) internal view returns (uint256) {
-        return uint256(keccak256(abi.encode(block.prevrandao, taskId, salt)));
+    /// @dev Executor selection randomness: prevrandao mixed with the task id. A creator can
+    ///      predict it (see docs/security.md: executor steering); what it could gain from
+    ///      steering is taken away elsewhere (task mining rules, random audits).
+    function _seed(uint256 taskId) internal view returns (uint256) {
+        return uint256(keccak256(abi.encode(block.prevrandao, taskId)));
+    }
+
+    /// @dev Auditor selection randomness: the hash of the executor's commit block (unknown when
+    ///      it committed, fixed afterwards: no caller can re-roll it), with the task and seat.
+    function _auditSeed(uint256 taskId, uint256 commitBlock, uint256 seat) internal view returns (uint256) {
+        return uint256(keccak256(abi.encode(blockhash(commitBlock), taskId, seat)));
     }
 }

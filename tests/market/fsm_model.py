@@ -214,6 +214,7 @@ class MTask:
     exec_done: bool = False
     resolved_clear: bool = False
     drawn: bool = False
+    forced: bool = False  # drawn because the commit block's hash was lost: the pool pays nothing
     draw_time: int = 0
     searching: bool = False
     audit_gpu: bytes = b"\x00" * 32
@@ -242,6 +243,7 @@ class MNode:
     gpu: str = ""
     vram: int = 0
     stake: int = 0
+    online_since: int = 0  # block of its last join or resume
 
     @property
     def address(self) -> str:
@@ -269,6 +271,7 @@ class Params:
     disclose_window: int = 300
     max_classes: int = 3
     audit_scan: int = 8
+    queue_timeout: int = 86_400
 
     def tuple(self) -> tuple:
         return (
@@ -285,6 +288,7 @@ class Params:
             self.disclose_window,
             self.max_classes,
             self.audit_scan,
+            self.queue_timeout,
         )
 
     def time(self, image: bool, n: int) -> int:
@@ -305,8 +309,12 @@ class Settlement:
     levy: int
 
 
-def predict_settlement(t: MTask, p: Params, pool: int, stakes: dict[str, int]) -> Settlement:
-    """The settlement of a task whose end is reached, from the model's own facts."""
+def predict_settlement(
+    t: MTask, p: Params, pool: int, stakes: dict[str, int], exec_slash_before: int = 0
+) -> Settlement:
+    """The settlement of a task whose end is reached, from the model's own facts.
+    `exec_slash_before`: what slashing the silent executor put into the pool earlier in the
+    settling transaction (disclosure timeout)."""
     levy_of = lambda fee: fee * p.levy_bps // BPS
     ex = t.executor
     assert ex is not None
@@ -339,14 +347,17 @@ def predict_settlement(t: MTask, p: Params, pool: int, stakes: dict[str, int]) -
     paid: dict[str, int] = {}
     refund = t.escrow
     levy = 0
+    exec_slash = 0  # what slashing the executor put into the pool in the settling transaction
     if not present[0]:
         outcome = Outcome.EXECUTOR_SLASHED
+        exec_slash = exec_slash_before
     elif agree[0]:
         outcome = Outcome.SUCCESS if t.delivered else Outcome.NOT_DELIVERED
     elif all(present) and agree[1] and agree[2]:
         outcome = Outcome.EXECUTOR_SLASHED
         slashed.append(ex.node)
         pool += stakes[ex.node] // 2
+        exec_slash = stakes[ex.node] // 2
     else:
         outcome = Outcome.NO_CONSENSUS
     if outcome == Outcome.SUCCESS:
@@ -364,8 +375,17 @@ def predict_settlement(t: MTask, p: Params, pool: int, stakes: dict[str, int]) -
     winners = [parties[i].node for i in (1, 2) if agree[i]]
     if winners:
         each = t.fee
-        if not t.always and pool < t.fee * len(winners):
-            each = pool // len(winners)
+        if not t.always:
+            # The pool pays only for audits nobody could force: a random draw whose executor
+            # was paid, or at most what slashing the executor put in; nothing otherwise.
+            if outcome == Outcome.SUCCESS and not t.forced:
+                budget = pool
+            elif outcome == Outcome.EXECUTOR_SLASHED:
+                budget = exec_slash
+            else:
+                budget = 0
+            if budget < t.fee * len(winners):
+                each = budget // len(winners)
         for w in winners:
             paid[w] = paid.get(w, 0) + each
         if t.always:

@@ -149,8 +149,8 @@ def test_emissionHook_recordsEverySuccessfulNode(helpers, market, nodes, creator
     with ape.reverts(
         market.AccessControlUnauthorizedAccount, account=creators[0].address, neededRole=role
     ):
-        market.setEmission(hook, sender=creators[0])
-    tx = market.setEmission(hook, sender=owner)
+        market.setEmission(hook, 0, sender=creators[0])
+    tx = market.setEmission(hook, 0, sender=owner)
     assert tx.events.filter(market.EmissionChanged)[0].taskMining.lower() == hook
     assert market.taskMining().lower() == hook
     helpers.set_params(auditRateBps=0)

@@ -1,4 +1,4 @@
-"""Each outcome of PROTOCOL.md's task lifecycle (steps 6-8) as its own test, on the real
+"""Each outcome of the task lifecycle (docs/protocol.md) as its own test, on the real
 token, registry and market."""
 
 from __future__ import annotations

@@ -37,6 +37,7 @@ from crynux_common.enums import NodeStatus, Outcome, SlashReason, TaskStatus
 from tests.conftest import CNX
 from tests.market.conftest import MIN_STAKE, VERSION, commitment, flip_bits, image_score
 from tests.market.fsm_model import (
+    BPS,
     Abi,
     MNode,
     MTask,
@@ -252,26 +253,21 @@ class MarketMachine(RuleBasedStateMachine):
             and fits(t.audit_gpu, t.audit_vram, n.gpu, n.vram)
             and n.address != t.executor.node
             and all(a.node != n.address for a in t.auditors)
+            and n.online_since < t.commit_block  # no sniping by a late join or resume
         )
 
     def _check_pull(self, n: MNode, pulled: MTask | None, audit: MTask | None) -> None:
-        """A freed node takes the first pending audit it may do (within auditScan), else the
-        best queued task it is eligible for (highest bucket, oldest first)."""
-        eligible_audits = [
-            self.tasks[i]
-            for i in self.pending[: self.p.audit_scan]
-            if self._audit_fits(self.tasks[i], n)
-        ]
+        """A freed node takes a pending audit it may do (the scan rotates entries it cannot
+        take to the back, so the model keeps the pending audits as a set), else the best queued
+        task it is eligible for (highest bucket, oldest first)."""
+        eligible_audits = [self.tasks[i] for i in self.pending if self._audit_fits(self.tasks[i], n)]
         if audit is not None:
-            assert eligible_audits and eligible_audits[0].id == audit.id, (
-                n.address,
-                audit.id,
-                self.pending,
-            )
+            assert audit in eligible_audits, (n.address, audit.id, self.pending)
             return
-        assert not eligible_audits, (
-            f"{n.address} pulled task {pulled.id} over audit {eligible_audits[0].id}"
-        )
+        if len(self.pending) <= self.p.audit_scan:  # the scan saw every pending audit
+            assert not eligible_audits, (
+                f"{n.address} pulled task {pulled.id} over audit {eligible_audits[0].id}"
+            )
         cands = [t for t in self._queued() if fits(t.gpu, t.min_vram, n.gpu, n.vram)]
         best = max(cands, key=lambda t: (bucket_of(t.value), -t.id))
         assert pulled.id == best.id, (pulled.id, best.id)
@@ -283,11 +279,16 @@ class MarketMachine(RuleBasedStateMachine):
         stakes_before = {n.address: n.stake for n in self.nodes}
         buffered: dict[int, list] = defaultdict(list)
         refunds_due: dict[int, int] = {}
+        exec_slashed: dict[int, int] = {}  # what slashing a silent executor put into the pool
         created_here: set[int] = set()
         for who, name, a in events:
             if who == "registry":
-                if name in ("StakeReturned", "NodeSlashed"):  # the stake leaves the registry
+                if name in ("StakeReturned", "NodeSlashed", "NodePenalized"):  # stake leaves
                     self.node[a["node"]].stake -= a["amount"]
+                if name == "NodeJoined" or (
+                    name == "NodeStatusChanged" and a["status"] == NodeStatus.AVAILABLE
+                ):
+                    self.node[a["node"]].online_since = self.block
                 continue
             tid = a.get("taskId")
             t = self.tasks.get(tid) if tid is not None else None
@@ -359,6 +360,7 @@ class MarketMachine(RuleBasedStateMachine):
             elif name == "DrawResolved":
                 if t.always or self.block - t.commit_block > 256:
                     assert a["drawn"], "alwaysAudit or a stale commit block must be drawn"
+                    t.forced = not t.always and self.block - t.commit_block > 256
                 STATS[f"drawn:{a['drawn']}"] += 1
                 if a["drawn"]:
                     t.drawn = True
@@ -399,12 +401,21 @@ class MarketMachine(RuleBasedStateMachine):
                 STATS[f"slash:{SlashReason(a['reason']).name}"] += 1
                 assert a["toAuditPool"] == stakes_before[a["node"]] // 2
                 self.pool += a["toAuditPool"]
+                if party is t.executor:
+                    exec_slashed[tid] = a["toAuditPool"]
+            elif name == "ExecutorPenalized":
+                # committed, never delivered, undrawn: the levy comes out of the stake
+                assert a["node"] == t.executor.node and not t.delivered and not t.drawn
+                levy = t.fee * self.p.levy_bps // BPS
+                assert a["amount"] == min(levy, stakes_before[a["node"]])
+                self.pool += a["amount"]
             elif name in ("NodePaid", "AuditLevy"):
                 buffered[tid].append((name, a))
             elif name == "TaskSettled":
                 STATS[f"outcome:{Outcome(a['outcome']).name}"] += 1
                 self._settle(
-                    t, Outcome(a["outcome"]), buffered.pop(tid, []), stakes_before, refunds_due
+                    t, Outcome(a["outcome"]), buffered.pop(tid, []), stakes_before, refunds_due,
+                    exec_slashed.get(tid, 0),
                 )
             elif name == "TaskRefunded":
                 assert refunds_due.pop(tid) == a["amount"], "refund amount"
@@ -417,12 +428,13 @@ class MarketMachine(RuleBasedStateMachine):
         assert not {k: v for k, v in refunds_due.items() if v}, f"refunds not made: {refunds_due}"
 
     def _settle(
-        self, t: MTask, outcome: Outcome, flows: list, stakes: dict, refunds_due: dict
+        self, t: MTask, outcome: Outcome, flows: list, stakes: dict, refunds_due: dict,
+        exec_slash: int = 0,
     ) -> None:
         if t.status == TaskStatus.AUDITING and t.drawn:
             # every remaining party has disclosed, or nobody is left to check
             assert not t.searching and t.exec_done
-        exp = predict_settlement(t, self.p, self.pool, stakes)
+        exp = predict_settlement(t, self.p, self.pool, stakes, exec_slash)
         assert outcome == exp.outcome, (t.id, outcome, exp)
         paid = {a["node"]: a["amount"] for n, a in flows if n == "NodePaid"}
         assert paid == exp.paid, (t.id, paid, exp)
@@ -556,6 +568,16 @@ class MarketMachine(RuleBasedStateMachine):
             always,
         )
         market = self.ctx.market
+        if not can_start and gpu != ZERO32 and not any(
+            status[x.address] not in (NodeStatus.NONE, NodeStatus.QUIT)
+            and keccak(x.gpu.encode()) == gpu
+            and x.vram == min_vram
+            for x in self.nodes
+        ):
+            self._expect_revert(
+                creator, market, "createTask", request, error="NoNodeForGpu(bytes32,uint16)"
+            )
+            return
         if not can_start:
             queued = self._queued()
             remaining = list(queued)
@@ -797,9 +819,21 @@ class MarketMachine(RuleBasedStateMachine):
             assert not any(fits(q.gpu, q.min_vram, n.gpu, n.vram) for q in self._queued()), (
                 n.address
             )
-            assert not any(
-                self._audit_fits(self.tasks[i], n) for i in self.pending[: self.p.audit_scan]
-            )
+            if len(self.pending) > self.p.audit_scan:
+                continue  # the scan rotates: a later freed node reaches the rest
+            for i in self.pending:
+                t = self.tasks[i]
+                # The draw rejects nodes online since the commit; when such nodes fit, its
+                # eight tries may all have met them (docs/security.md: auditor dilution).
+                assert not self._audit_fits(t, n) or self._diluted(t, status), (n.address, t.id)
+
+    def _diluted(self, t: MTask, status: dict) -> bool:
+        return any(
+            status[m.address] == NodeStatus.AVAILABLE
+            and m.online_since >= t.commit_block
+            and fits(t.audit_gpu, t.audit_vram, m.gpu, m.vram)
+            for m in self.nodes
+        )
 
     # ------------------------------------------------------------------ end of a run
 

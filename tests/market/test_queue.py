@@ -58,7 +58,14 @@ def test_queue_closeValuesWithinBucket_oldestFirst(helpers, market, nodes, creat
     assert _started(tx, market) == [(b, nodes[2].address)]
 
 
-def test_queue_nodePullsOnlyWhatItIsEligibleFor(helpers, market, nodes, creators):
+def _paused_node(helpers, registry, node, gpu: str, vram: int) -> None:
+    """A registered but paused node: a task requiring its hardware may queue."""
+    helpers.join(node, gpu=gpu, vram=vram)
+    registry.pause(sender=node)
+
+
+def test_queue_nodePullsOnlyWhatItIsEligibleFor(helpers, market, registry, nodes, creators):
+    _paused_node(helpers, registry, nodes[5], "A100", 80)
     big, _ = helpers.create(creators[0], fee=50 * CNX, min_vram=48)
     a100, _ = helpers.create(creators[0], fee=40 * CNX, min_vram=80, required_gpu=h("A100"))
     small, _ = helpers.create(creators[0], fee=10 * CNX, min_vram=8)
@@ -71,7 +78,8 @@ def test_queue_nodePullsOnlyWhatItIsEligibleFor(helpers, market, nodes, creators
     assert market.queueSize() == 0
 
 
-def test_queue_requiredGpuNeedsExactVram(helpers, market, nodes, creators):
+def test_queue_requiredGpuNeedsExactVram(helpers, market, registry, nodes, creators):
+    _paused_node(helpers, registry, nodes[5], "A100", 40)
     t, _ = helpers.create(creators[0], min_vram=40, required_gpu=h("A100"))
     tx = helpers.join(nodes[0], gpu="A100", vram=80)
     assert _started(tx, market) == []
@@ -123,6 +131,19 @@ def test_queueFull_evictsNewestOfEqualLowest(helpers, market, creators):
     _, tx = helpers.create(creators[0], fee=11 * CNX)
     assert tx.events.filter(market.TaskEvicted)[0].taskId == newer
     assert helpers.task(older).status == TaskStatus.QUEUED
+
+
+def test_queue_requiredGpuNobodyHas_refusedNotQueued(helpers, market, creators):
+    with ape.reverts(market.NoNodeForGpu, gpu=h("A100"), vram=80):
+        helpers.create(creators[0], min_vram=80, required_gpu=h("A100"))
+    assert market.queueSize() == 0
+
+
+def test_queue_minVramWithoutGpu_roundedUpToATier(helpers, market, creators):
+    t, tx = helpers.create(creators[0], min_vram=13)
+    assert tx.events.filter(market.TaskCreated)[0].minVram == 16 and helpers.task(t).minVram == 16
+    with ape.reverts(market.MinVramTooHigh, minVram=257, maxMinVram=256):
+        helpers.create(creators[0], min_vram=257)
 
 
 def test_queue_classLimit(helpers, market, creators):
@@ -185,7 +206,8 @@ def test_createTask_validation(helpers, market, creators):
         market.createTask(Request(model_ids=()).t(), sender=c)
 
 
-def test_createTask_sequentialIds_andEvent(helpers, market, creators):
+def test_createTask_sequentialIds_andEvent(helpers, market, registry, nodes, creators):
+    _paused_node(helpers, registry, nodes[5], "L4", 16)
     req = Request(
         task_type=TaskType.TEXT, num_images=0, fee=4 * CNX, min_vram=16, required_gpu=h("L4")
     )

@@ -1,4 +1,4 @@
-"""Reference implementation of the two CNX emission curves (PROTOCOL.md, "Emission").
+"""Reference implementation of the two CNX emission curves (docs/protocol.md, "Emission").
 
 Exact to 50 significant digits (``decimal``), independent of the contracts' fixed-point
 math (contracts/libraries/EmissionMath.sol), which must agree to a relative error of 1e-9.

@@ -155,11 +155,12 @@ def test_join_failsIfTooManyHardwareGroups(registry, owner, nodes, join):
         join(nodes[3], gpu="A", vram=16)
 
 
-def test_rejoinAfterQuit_resetsNode(registry, token, nodes, join, market):
+def test_rejoinAfterQuit_resetsHardwareAndModels_keepsQosOfTheAddress(registry, token, nodes, join, market):
     a = nodes[0]
     join(a, gpu="RTX 3090", vram=24, models=["base:sd15", "lora:a"])
     run_task(registry, market, a, score=6)
-    assert registry.qosOf(a) < 10 * QOS_ONE
+    qos_before = registry.qosOf(a)
+    assert qos_before < 10 * QOS_ONE
     registry.quit(sender=a)
     assert registry.statusOf(a) == NodeStatus.QUIT
     before = token.balanceOf(a)
@@ -167,7 +168,8 @@ def test_rejoinAfterQuit_resetsNode(registry, token, nodes, join, market):
     assert token.balanceOf(a) == before - 600 * CNX
     info = registry.nodeInfo(a)
     assert info.status == NodeStatus.AVAILABLE
-    assert info.qos == 10 * QOS_ONE and info.taskCount == 0
+    # QoS follows the address: a kick-out cannot be washed away by quitting and rejoining.
+    assert info.qos == qos_before and info.taskCount == 1
     assert bytes(info.gpu) == h("RTX 4090")
     assert [bytes(m) for m in info.models] == [h("base:sdxl")]
     assert not registry.hasModel(a, h("base:sd15"))
