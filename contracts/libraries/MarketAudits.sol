@@ -341,14 +341,18 @@ contract MarketAudits is MarketBase, IMarketAudits {
         uint256 paid = (agree[1] ? 1 : 0) + (agree[2] ? 1 : 0);
         if (paid == 0) return 0;
         uint256 each = t.fee;
+        uint256 total = each * paid;
         if (t.info & _ALWAYS_AUDIT != 0) {
-            paidFromEscrow = each * paid;
+            paidFromEscrow = total;
         } else {
             uint256 budget = 0;
             if (outcome == Outcome.Success && t.info & _FORCED == 0) budget = _pool.balance;
             else if (outcome == Outcome.ExecutorSlashed) budget = _execSlashToPool;
-            if (budget < each * paid) each = budget / paid;
-            _pool.balance -= uint96(each * paid);
+            if (budget < total) {
+                total = budget - (budget % paid); // pro rata, whole wei each
+                each = total / paid;
+            }
+            _pool.balance -= uint96(total);
         }
         for (uint256 party = 1; party < 3; ++party) {
             if (agree[party]) _credit(taskId, a.auditors[party - 1].node, each);

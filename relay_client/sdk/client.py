@@ -292,7 +292,7 @@ class CrynuxClient:
         (paid, after any audit). Returns the task info; with `results_ready` True when the relay
         served the verified results before the chain showed the delivery (the report's
         `manifest` then holds the file list). Raises TaskAborted when it is refunded,
-        cancelled or evicted, TaskTimeout after `timeout` seconds.
+        cancelled, evicted or expired, TaskTimeout after `timeout` seconds.
 
         With `enforce_timeouts`, a task whose on-chain deadline has passed is timed out by the
         SDK (anyone may call `timeout`), so a dead node's task is refunded without waiting

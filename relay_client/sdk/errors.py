@@ -37,7 +37,8 @@ class TransactionFailed(CrynuxError):
 
 class TaskAborted(CrynuxError):
     """The task ended without a result for the application: refunded (timeout, slashed executor,
-    no consensus), cancelled or evicted from a full queue. The fee went back to the creator."""
+    no consensus), cancelled, evicted from a full queue or expired in the queue. The fee went
+    back to the creator."""
 
     def __init__(self, task_id: int, status: TaskStatus, outcome: Outcome | None = None,
                  refunded: int = 0) -> None:

@@ -24,6 +24,7 @@ from .conftest import CHEAT, CNX, E2E, HONEST, VRAM
 
 PIN_HONEST = {"required_gpu": HONEST, "min_vram": VRAM}  # only the honest group's nodes
 PIN_CHEAT = {"required_gpu": CHEAT, "min_vram": VRAM}
+NOBODY_VRAM = 256  # more VRAM than any node declares (and a tier): the task queues
 
 
 def _wait_status(e2e: E2E, task_id: int, statuses: set[TaskStatus], timeout: float = 60.0) -> dict:
@@ -68,7 +69,7 @@ def test_imageAndTextTasks_succeedWithVerifiedResults(e2e: E2E) -> None:
 
 def test_queuedTask_cancelled_refundedAndTyped(e2e: E2E) -> None:
     before = e2e.client.balance()
-    rep = e2e.client.submit_image(e2e.image(50), 2 * CNX, required_gpu="NO-SUCH-GPU", min_vram=VRAM)
+    rep = e2e.client.submit_image(e2e.image(50), 2 * CNX, min_vram=NOBODY_VRAM)
     assert e2e.client.task(rep.task_id)["status"] == TaskStatus.QUEUED
     assert e2e.client.estimate(3 * CNX, TaskType.IMAGE, 1).queue_position == 0
     assert e2e.client.estimate(2 * CNX, TaskType.IMAGE, 1).queue_position == 1  # ties: the older first
@@ -87,7 +88,7 @@ def test_generate_queuedPastTimeout_cancelledAndRefunded(e2e: E2E) -> None:
     instead of leaving it escrowed in the queue."""
     before = e2e.client.balance()
     with pytest.raises(TaskTimeout) as timed_out:
-        e2e.client.generate_image(e2e.image(52), 2 * CNX, required_gpu="NO-SUCH-GPU", min_vram=VRAM, timeout=1)
+        e2e.client.generate_image(e2e.image(52), 2 * CNX, min_vram=NOBODY_VRAM, timeout=1)
     assert timed_out.value.cancelled and timed_out.value.status == TaskStatus.QUEUED
     assert e2e.client.task(timed_out.value.task_id)["status"] == TaskStatus.CANCELLED
     assert e2e.client.balance() == before
@@ -156,20 +157,22 @@ def test_moreTasksThanNodes_queuedTasksServedInValueOrder(e2e: E2E) -> None:
 
 
 def test_cheatingExecutor_slashedOnAudit_creatorRefunded(e2e: E2E) -> None:
-    # Two honest nodes of the CHEAT group, running but paused: the task can only start on the
-    # cheater; once it delivered, they resume and take the pending audit.
+    # Two honest nodes of the CHEAT group, running but paused, and the cheater joined but not
+    # running yet: the task can only start on the cheater. The honest nodes resume before the
+    # cheater even starts (only nodes online before a commitment may audit it); the cheater
+    # then commits and delivers, and the draw makes them its auditors.
     auditors = e2e.add_nodes(CHEAT, 2)
     for node in auditors:
         e2e.net.node_cli(node, "pause")
-    (cheater,) = e2e.add_nodes(CHEAT, 1, behaviour="wrong_image")
+    (cheater,) = e2e.add_nodes(CHEAT, 1, start=False, behaviour="wrong_image")
     stake = int(e2e.registry.nodeInfo(cheater.address).stake)
     before = e2e.client.balance()
     rep = e2e.client.submit_image(e2e.image(30), 3 * CNX, **PIN_CHEAT, always_audit=True)
     assert e2e.client.task(rep.task_id)["executor"] == cheater.address
-    e2e.client.wait(rep, timeout=90)  # the cheater delivers (its result opens its commitment)
-    assert e2e.client.task(rep.task_id)["status"] == TaskStatus.AUDITING
     for node in auditors:
         e2e.net.node_cli(node, "resume")
+    e2e.net.start_node(cheater)
+    e2e.net.wait_ready([cheater], timeout=180)
     with pytest.raises(TaskAborted) as info:
         e2e.client.wait(rep, until="settled", timeout=150)
     assert info.value.status == TaskStatus.REFUNDED and info.value.outcome == Outcome.EXECUTOR_SLASHED

@@ -214,7 +214,7 @@ class Network(DeployedContracts):
     # --- tasks ---------------------------------------------------------------------------------
 
     def create_task(
-        self, args: bytes, gpu: str, *, task_type: TaskType = TaskType.IMAGE, num_images: int = 1,
+        self, args: bytes, gpu: str | None, *, task_type: TaskType = TaskType.IMAGE, num_images: int = 1,
         models: list[str] | None = None, fee: int = 10 * CNX, always_audit: bool = False,
         upload_args: bool = True,
     ) -> int:
@@ -225,7 +225,8 @@ class Network(DeployedContracts):
                 relay.put_args(args)
         if models is None:
             models = ["base:tiny-sd"] if task_type == TaskType.IMAGE else ["base:tiny-gpt2"]
-        req = (int(task_type), keccak(args), [keccak(text=m) for m in models], VRAM, keccak(text=gpu),
+        req = (int(task_type), keccak(args), [keccak(text=m) for m in models], VRAM,
+               keccak(text=gpu) if gpu else b"\x00" * 32,
                num_images if task_type == TaskType.IMAGE else 0, fee, always_audit)
         receipt = self.market.createTask(req, sender=self.creator)
         created = [log for log in receipt.decode_logs() if log.event_name == "TaskCreated"]

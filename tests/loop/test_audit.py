@@ -87,13 +87,18 @@ def test_invalidArguments_allCommitErrorScore_auditorsAgree(net: Network, trio: 
 
 def test_killedAfterCommit_restarted_stillDeliversAndDiscloses(net: Network, trio: list[NodeProc]) -> None:
     a, b, c = trio
-    # Only A can execute (B and C paused by their operators); A and B die right after their
-    # commit transaction is mined, before the journal records it.
+    # Only A can execute (B and C paused by their operators). A's process is down while the task
+    # is created, so B and C are back online before A commits (only nodes online before a
+    # commitment may audit it). A and B die right after their commit transaction is mined,
+    # before the journal records it.
+    a.kill()
     assert b.cli("pause") == 0 and c.cli("pause") == 0
-    a.arm_crash("commit_mined")
-    b.arm_crash("commit_mined")
     task_id = net.create_task(image_args(103), GPU)
     assert net.task(task_id).executor == a.address
+    assert b.cli("resume") == 0 and c.cli("resume") == 0
+    a.arm_crash("commit_mined")
+    b.arm_crash("commit_mined")
+    a.start()
 
     assert a.wait_exit(TIMEOUT) == -9
     t = net.task(task_id)
@@ -102,8 +107,7 @@ def test_killedAfterCommit_restarted_stillDeliversAndDiscloses(net: Network, tri
     assert entry is not None and entry.stage == Stage.COMPUTED
     assert bytes(net.market.commitmentOf(task_id, a.address)) == entry.commitment
 
-    # B and C come back; A restarts from its journal: it delivers, the draw picks B and C.
-    assert b.cli("resume") == 0 and c.cli("resume") == 0
+    # A restarts from its journal: it delivers, the draw picks B and C.
     a.start()
     assert b.wait_exit(TIMEOUT) == -9  # B committed as an auditor and died
     assert b.address in list(net.task(task_id).auditors)
@@ -117,13 +121,15 @@ def test_killedAfterCommit_restarted_stillDeliversAndDiscloses(net: Network, tri
 
 def test_cheatingExecutor_isSlashedByTheAudit(net: Network, trio: list[NodeProc]) -> None:
     a, b, c = trio
-    cheater = net.new_node("cheater", GPU, behaviour="wrong_image").start()
-    cheater.wait_ready()
     for n in trio:
         assert n.cli("pause") == 0
+    cheater = net.new_node("cheater", GPU, behaviour="wrong_image")  # joined, not running yet
     task_id = net.create_task(image_args(104), GPU)
     assert net.task(task_id).executor == cheater.address
-    assert a.cli("resume") == 0 and b.cli("resume") == 0  # they take the pending audit
+    # A and B come back before the cheater commits (only nodes online before a commitment
+    # may audit it); the draw then picks them.
+    assert a.cli("resume") == 0 and b.cli("resume") == 0
+    cheater.start()
     assert net.wait_final(task_id, TIMEOUT, [*trio, cheater]) == TaskStatus.REFUNDED
     assert [int(e.outcome) for e in net.events("TaskSettled", task_id)] == [Outcome.EXECUTOR_SLASHED]
     assert [e.node for e in net.events("NodeSlashed", task_id)] == [cheater.address]

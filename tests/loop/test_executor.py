@@ -19,6 +19,9 @@ from node_client.journal import Stage
 from .harness import CNX, Network, NodeProc, image_args, text_args, wait_for
 
 GPU = "LOOP-EXEC"
+# Tasks name no GPU: the module's one node takes them all, and they count for task mining
+# (a task restricted to a GPU does not: docs/security.md, task mining).
+ANY_GPU = None
 TIMEOUT = 180  # generous: CI machines are small and busy
 
 
@@ -49,7 +52,7 @@ def test_join_withApprove_thenQuit(net: Network) -> None:
 
 def test_executor_completesImageTask_endToEnd(net: Network, node: NodeProc) -> None:
     args = image_args(11, num_images=2)
-    task_id = net.create_task(args, GPU, num_images=2)
+    task_id = net.create_task(args, ANY_GPU, num_images=2)
     assert net.task(task_id).executor == node.address
 
     assert net.wait_final(task_id, TIMEOUT, [node]) == TaskStatus.SUCCESS
@@ -73,7 +76,7 @@ def test_executor_completesImageTask_endToEnd(net: Network, node: NodeProc) -> N
 
 
 def test_executor_completesTextTask_endToEnd(net: Network, node: NodeProc) -> None:
-    task_id = net.create_task(text_args(5), GPU, task_type=TaskType.TEXT)
+    task_id = net.create_task(text_args(5), ANY_GPU, task_type=TaskType.TEXT)
     assert net.wait_final(task_id, TIMEOUT, [node]) == TaskStatus.SUCCESS
     _, files = net.results(task_id)
     assert len(files) == 1
@@ -84,9 +87,9 @@ def test_executor_completesTextTask_endToEnd(net: Network, node: NodeProc) -> No
 
 
 def test_secondTask_sameModel_doesNotLoadItAgain(net: Network, node: NodeProc) -> None:
-    first = net.create_task(image_args(21), GPU)
+    first = net.create_task(image_args(21), ANY_GPU)
     assert net.wait_final(first, TIMEOUT, [node]) == TaskStatus.SUCCESS
-    second = net.create_task(image_args(22), GPU)
+    second = net.create_task(image_args(22), ANY_GPU)
     assert net.wait_final(second, TIMEOUT, [node]) == TaskStatus.SUCCESS
     wait_for(lambda: node.entry(second).stage == Stage.DONE, TIMEOUT, "the journal to close the task", [node])
     loads_first = node.entry(first).timings["model_loads"]
@@ -97,7 +100,7 @@ def test_secondTask_sameModel_doesNotLoadItAgain(net: Network, node: NodeProc) -
 
 def test_invalidArguments_commitErrorScore_andDeliverNoFiles(net: Network, node: NodeProc) -> None:
     bad = image_args(31, steps=0)  # the schema needs steps >= 1: every honest node says "invalid"
-    task_id = net.create_task(bad, GPU)
+    task_id = net.create_task(bad, ANY_GPU)
     assert net.wait_final(task_id, TIMEOUT, [node]) == TaskStatus.SUCCESS
     manifest, files = net.results(task_id)
     assert files == [] and manifest.score == "0x"
@@ -107,7 +110,7 @@ def test_invalidArguments_commitErrorScore_andDeliverNoFiles(net: Network, node:
 
 def test_argumentsNamingOtherModels_areInvalid(net: Network, node: NodeProc) -> None:
     # The task declares tiny-gpt2 on-chain but the arguments name tiny-sd: error score.
-    task_id = net.create_task(image_args(41), GPU, models=["base:tiny-gpt2"])
+    task_id = net.create_task(image_args(41), ANY_GPU, models=["base:tiny-gpt2"])
     assert net.wait_final(task_id, TIMEOUT, [node]) == TaskStatus.SUCCESS
     entry = node.entry(task_id)
     assert entry is not None and entry.score == scores.ERROR_SCORE
@@ -120,7 +123,7 @@ def test_traversalLoraName_errorScoreCommittedOnChain_creatorPays(net: Network, 
     lora = "lora:x/../../../../etc/passwd"
     before = net.token.balanceOf(net.creator)
     args = image_args(44, lora={"model": lora})
-    task_id = net.create_task(args, GPU, models=["base:tiny-sd", lora])
+    task_id = net.create_task(args, ANY_GPU, models=["base:tiny-sd", lora])
     assert net.wait_final(task_id, TIMEOUT, [node]) == TaskStatus.SUCCESS
     entry = node.entry(task_id)
     assert entry is not None and entry.score == scores.ERROR_SCORE
@@ -140,7 +143,7 @@ def test_argumentsNeverUploaded_errorScoreAfterTheGrace_creatorPays(net: Network
     from ape import chain
 
     before = net.token.balanceOf(net.creator)
-    task_id = net.create_task(image_args(43), GPU, upload_args=False)
+    task_id = net.create_task(image_args(43), ANY_GPU, upload_args=False)
     wait_for(lambda: "has not uploaded" in node.current_log(), 60, "the node to ask for the arguments", [node])
     assert net.status(task_id) == TaskStatus.STARTED  # still waiting for them
     chain.mine(1, timestamp=chain.pending_timestamp + 31)
@@ -157,7 +160,7 @@ def test_inferenceFailure_restartsEngine_commitsNothing_andTimesOut(net: Network
 
     # A model this node cannot get (downloads off): ModelUnavailable, an InferenceFailure.
     args = image_args(61, base_model="base:nobody/not-downloaded")
-    task_id = net.create_task(args, GPU, models=["base:nobody/not-downloaded"])
+    task_id = net.create_task(args, ANY_GPU, models=["base:nobody/not-downloaded"])
     assert net.task(task_id).executor == node.address
     wait_for(lambda: (e := node.entry(task_id)) is not None and e.stage == Stage.ABANDONED, TIMEOUT,
              "the node to give up on the task", [node])
@@ -181,7 +184,7 @@ def test_inferenceFailure_restartsEngine_commitsNothing_andTimesOut(net: Network
 
 
 def test_sigterm_finishesCurrentTask_pausesAndExits_thenResumesOnRestart(net: Network, node: NodeProc) -> None:
-    task_id = net.create_task(image_args(51), GPU)
+    task_id = net.create_task(image_args(51), ANY_GPU)
     assert net.task(task_id).executor == node.address
     assert node.terminate(timeout=TIMEOUT) == 0
     # The task was finished before the exit, and the node no longer takes tasks.

@@ -81,6 +81,12 @@ class Ctx:
 
 STATS: Counter = Counter()
 
+#: The coalition: the third creator and the first three node accounts. They play like anyone
+#: (restricted tasks, garbage scores, delays, timeouts, pause/resume/join/quit); the invariant
+#: `coalition_gains_nothing_from_its_own_tasks` watches what its own tasks bring it.
+COALITION_CREATOR = 2
+COALITION_NODES = 3
+
 
 class MarketMachine(RuleBasedStateMachine):
     ctx: Ctx
@@ -101,6 +107,11 @@ class MarketMachine(RuleBasedStateMachine):
         self.pool = 0
         self.bal: dict[str, int] = defaultdict(int)
         self.pending: list[int] = []
+        self.coalition = {c.creators[COALITION_CREATOR]} | {
+            n.address for n in self.nodes[:COALITION_NODES]
+        }
+        self.own_loss: dict[int, int] = defaultdict(int)  # stake lost in the coalition's own tasks
+        self.own_gain = 0  # what its own tasks brought it beyond what the protocol pays anyone
         if c.initial is None:  # every run starts from the same snapshot: read once
             c.initial = (
                 {a: self._cnx(a) for a in c.creators},
@@ -401,6 +412,8 @@ class MarketMachine(RuleBasedStateMachine):
                 STATS[f"slash:{SlashReason(a['reason']).name}"] += 1
                 assert a["toAuditPool"] == stakes_before[a["node"]] // 2
                 self.pool += a["toAuditPool"]
+                if a["node"] in self.coalition:
+                    self.own_loss[tid] += stakes_before[a["node"]]
                 if party is t.executor:
                     exec_slashed[tid] = a["toAuditPool"]
             elif name == "ExecutorPenalized":
@@ -409,6 +422,8 @@ class MarketMachine(RuleBasedStateMachine):
                 levy = t.fee * self.p.levy_bps // BPS
                 assert a["amount"] == min(levy, stakes_before[a["node"]])
                 self.pool += a["amount"]
+                if a["node"] in self.coalition:
+                    self.own_loss[tid] += a["amount"]
             elif name in ("NodePaid", "AuditLevy"):
                 buffered[tid].append((name, a))
             elif name == "TaskSettled":
@@ -427,6 +442,30 @@ class MarketMachine(RuleBasedStateMachine):
         assert not buffered, f"payments without a settlement: {dict(buffered)}"
         assert not {k: v for k, v in refunds_due.items() if v}, f"refunds not made: {refunds_due}"
 
+    def _account_own_task(self, t: MTask, exp, stakes: dict) -> None:
+        """What one of the coalition's own tasks brought it: the refund and every payment to
+        its nodes, less the escrow, the stakes its nodes lost (slashes) and penalties. The only
+        gain the protocol allows (docs/security.md, 1d) is the pool's payment to its auditors
+        of a random draw that paid its executor, or of an audit that caught someone else's
+        executor cheating; anything more is a leak."""
+        ex = t.executor.node
+        loss = self.own_loss.pop(t.id, 0)
+        loss += sum(stakes[n] for n in exp.slashed if n in self.coalition)
+        got = exp.refund + sum(v for n, v in exp.paid.items() if n in self.coalition)
+        delta = got - t.escrow - loss
+        allowed = 0
+        random_success = exp.outcome == Outcome.SUCCESS and not t.forced
+        caught_other = exp.outcome == Outcome.EXECUTOR_SLASHED and ex not in self.coalition
+        if not t.always and (random_success or caught_other):
+            allowed = sum(v for n, v in exp.paid.items() if n in self.coalition and n != ex)
+        STATS["own_task:gain" if delta > 0 else "own_task:no_gain"] += 1
+        assert delta <= allowed, (t.id, exp, delta, allowed)
+        self.own_gain += delta - allowed
+
+    @invariant()
+    def coalition_gains_nothing_from_its_own_tasks(self):
+        assert self.own_gain <= 0, self.own_gain
+
     def _settle(
         self, t: MTask, outcome: Outcome, flows: list, stakes: dict, refunds_due: dict,
         exec_slash: int = 0,
@@ -435,6 +474,8 @@ class MarketMachine(RuleBasedStateMachine):
             # every remaining party has disclosed, or nobody is left to check
             assert not t.searching and t.exec_done
         exp = predict_settlement(t, self.p, self.pool, stakes, exec_slash)
+        if t.creator == self.ctx.creators[COALITION_CREATOR]:
+            self._account_own_task(t, exp, stakes)
         assert outcome == exp.outcome, (t.id, outcome, exp)
         paid = {a["node"]: a["amount"] for n, a in flows if n == "NodePaid"}
         assert paid == exp.paid, (t.id, paid, exp)
@@ -568,16 +609,6 @@ class MarketMachine(RuleBasedStateMachine):
             always,
         )
         market = self.ctx.market
-        if not can_start and gpu != ZERO32 and not any(
-            status[x.address] not in (NodeStatus.NONE, NodeStatus.QUIT)
-            and keccak(x.gpu.encode()) == gpu
-            and x.vram == min_vram
-            for x in self.nodes
-        ):
-            self._expect_revert(
-                creator, market, "createTask", request, error="NoNodeForGpu(bytes32,uint16)"
-            )
-            return
         if not can_start:
             queued = self._queued()
             remaining = list(queued)
@@ -593,6 +624,16 @@ class MarketMachine(RuleBasedStateMachine):
                     )
                     return
                 remaining.remove(low)
+            if gpu != ZERO32 and not any(
+                status[x.address] not in (NodeStatus.NONE, NodeStatus.QUIT)
+                and keccak(x.gpu.encode()) == gpu
+                and x.vram == min_vram
+                for x in self.nodes
+            ):
+                self._expect_revert(
+                    creator, market, "createTask", request, error="NoNodeForGpu(bytes32,uint16)"
+                )
+                return
             classes = {(q.gpu, q.min_vram) for q in remaining}
             if (gpu, min_vram) not in classes and len(classes) >= self.p.max_classes:
                 self._expect_revert(
