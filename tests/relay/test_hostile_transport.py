@@ -254,7 +254,7 @@ def test_threeUnsigned200MiBPosts_refusedBeforeTheBodyIsRead(start_relay, varian
     for response, elapsed, pushed, closed in results:
         assert response.status == 401 and response.json()["error"] == code, response
         assert response.headers.get("connection") == "close"
-        assert elapsed < 2.0, f"the 401 took {elapsed:.1f} s"
+        assert elapsed < 5.0, f"the 401 took {elapsed:.1f} s"
         assert pushed < 64 * MiB, f"the relay took {pushed / MiB:.0f} MiB of a body it refused"
         assert closed
     assert sampler.max_temp < 64 * KiB, f"{sampler.max_temp} bytes spooled to the relay's TMPDIR"
