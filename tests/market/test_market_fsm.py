@@ -59,7 +59,7 @@ TRAVEL = [5, 10, 30, 60, 200, 700]
 CHOICES = ["honest", "near", "cheat", "error"]
 
 LONG = os.environ.get("HYPOTHESIS_PROFILE") == "long"
-EXAMPLES = int(os.environ.get("MARKET_FSM_EXAMPLES", "2000" if LONG else "200"))
+EXAMPLES = int(os.environ.get("MARKET_FSM_EXAMPLES", "10000" if LONG else "200"))
 STEPS = int(os.environ.get("MARKET_FSM_STEPS", "50" if LONG else "35"))
 
 
