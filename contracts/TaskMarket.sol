@@ -56,6 +56,7 @@ contract TaskMarket is MarketBase, ITaskMarket, INodeAvailableHook {
                 queueTimeout: 1 days
             })
         );
+        _setTimeoutBounty(1 ether);
     }
 
     // ================================================================== application
@@ -178,7 +179,15 @@ contract TaskMarket is MarketBase, ITaskMarket, INodeAvailableHook {
             _delegate(abi.encodeCall(IMarketAudits.startAudit, (taskId, _EXEC_DONE, 0)));
             return;
         }
-        if (status == TaskStatus.Committed) {
+        if (status == TaskStatus.Started) {
+            // Nobody else is paid to end a task whose executor never committed; a node that
+            // starts a task and sits on it (Busy, mining) pays whoever ends it.
+            uint256 bounty = registry.penalize(executor, _timeoutBounty);
+            if (bounty != 0) {
+                _balances[msg.sender] += bounty;
+                emit TimeoutBountyPaid(taskId, msg.sender, bounty);
+            }
+        } else {
             // Withholding an undrawn result must not save the levy (docs/security.md, 1d): the
             // levy comes out of the executor's stake.
             uint256 taken = registry.penalize(executor, uint256(t.fee) * _paramsAt[t.pv].auditLevyBps / _BPS);
@@ -215,6 +224,11 @@ contract TaskMarket is MarketBase, ITaskMarket, INodeAvailableHook {
     /// @inheritdoc ITaskMarket
     function setParams(Params calldata newParams) external onlyRole(DEFAULT_ADMIN_ROLE) {
         _setParams(newParams);
+    }
+
+    /// @inheritdoc ITaskMarket
+    function setTimeoutBounty(uint256 bounty) external onlyRole(DEFAULT_ADMIN_ROLE) {
+        _setTimeoutBounty(bounty);
     }
 
     /// @inheritdoc ITaskMarket
@@ -341,6 +355,11 @@ contract TaskMarket is MarketBase, ITaskMarket, INodeAvailableHook {
     /// @inheritdoc ITaskMarket
     function minMiningFee() external view returns (uint256) {
         return _minMiningFee;
+    }
+
+    /// @inheritdoc ITaskMarket
+    function timeoutBounty() external view returns (uint256) {
+        return _timeoutBounty;
     }
 
     // ================================================================== creation and queue
@@ -537,6 +556,12 @@ contract TaskMarket is MarketBase, ITaskMarket, INodeAvailableHook {
         _counters.pv = pv;
         _paramsAt[pv] = p;
         emit ParamsChanged(p);
+    }
+
+    function _setTimeoutBounty(uint256 bounty) private {
+        _range(14, bounty, 0, MAX_TIMEOUT_BOUNTY);
+        _timeoutBounty = bounty;
+        emit TimeoutBountyChanged(bounty);
     }
 
     function _range(uint8 field, uint256 value, uint256 min, uint256 max) private pure {

@@ -202,6 +202,11 @@ interface ITaskMarketTypes {
     /// @notice The executor committed and never delivered an undrawn task: `amount` (the levy
     ///         the task would have paid) was taken from its stake into the audit pool.
     event ExecutorPenalized(uint256 indexed taskId, address indexed node, uint256 amount);
+    /// @notice The executor never committed: `amount` of its stake was credited to `caller`,
+    ///         who timed the task out (withdraw with withdraw()).
+    event TimeoutBountyPaid(uint256 indexed taskId, address indexed caller, uint256 amount);
+    /// @notice Governance changed the timeout bounty.
+    event TimeoutBountyChanged(uint256 bounty);
     /// @notice A node was credited `amount` (withdraw with withdraw()).
     event NodePaid(uint256 indexed taskId, address indexed node, uint256 amount);
     /// @notice A node withdrew its balance.
@@ -257,7 +262,7 @@ interface ITaskMarketTypes {
     /// @notice Thrown when withdraw() finds a zero balance.
     error NothingToWithdraw(address node);
     /// @notice Thrown when a parameter is out of its range; `field` is its position in Params
-    ///         (0 nonGenerationTime ... 13 queueTimeout, in the order of the struct).
+    ///         (0 nonGenerationTime ... 13 queueTimeout, in the order of the struct; 14 the timeout bounty).
     error ParamOutOfRange(uint8 field, uint256 value);
     /// @notice Thrown when onNodeAvailable is called by someone else than the registry.
     error NotRegistry(address caller);
@@ -354,6 +359,11 @@ interface ITaskMarket is ITaskMarketTypes {
     /// @param minMiningFee The smallest task fee that counts for task mining.
     function setEmission(address taskMining, uint256 minMiningFee) external;
 
+    /// @notice Sets the bounty paid, from the executor's stake, to whoever times out a task
+    ///         whose executor never committed (DEFAULT_ADMIN_ROLE; at most MAX_TIMEOUT_BOUNTY).
+    /// @param bounty CNX wei.
+    function setTimeoutBounty(uint256 bounty) external;
+
     // ------------------------------------------------------------------ views
 
     /// @notice Everything about a task.
@@ -393,4 +403,8 @@ interface ITaskMarket is ITaskMarketTypes {
 
     /// @notice The smallest task fee that counts for task mining.
     function minMiningFee() external view returns (uint256);
+
+    /// @notice What a caller of timeout() earns from the stake of an executor that never
+    ///         committed.
+    function timeoutBounty() external view returns (uint256);
 }

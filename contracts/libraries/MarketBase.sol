@@ -26,6 +26,8 @@ abstract contract MarketBase is ITaskMarketTypes, AccessControl, ReentrancyGuard
     bytes32 public constant RELAY_ROLE = keccak256("RELAY_ROLE");
     /// @notice Largest task fee (the fee is stored in 80 bits: about 1.2 million CNX).
     uint256 public constant MAX_FEE = type(uint80).max;
+    /// @notice Largest timeout bounty (setTimeoutBounty): 100 CNX.
+    uint256 public constant MAX_TIMEOUT_BOUNTY = 100 ether;
     /// @notice Most images in an image task.
     uint8 public constant MAX_IMAGES = 10;
 
@@ -130,6 +132,9 @@ abstract contract MarketBase is ITaskMarketTypes, AccessControl, ReentrancyGuard
     mapping(uint256 class => QueueClass) internal _classes;
     mapping(bytes32 key => uint256) internal _classIndex; // class + 1
     uint256 internal _minMiningFee;
+    /// @dev Paid to whoever times out a task whose executor never committed, from that
+    ///      executor's stake (nobody was paid to end such a task: docs/security.md, 5b).
+    uint256 internal _timeoutBounty;
     /// @dev What slashing the executor put into the audit pool in this transaction: the most a
     ///      judged audit may pay its auditors out of the pool when the executor is slashed.
     uint256 internal transient _execSlashToPool;

@@ -84,6 +84,7 @@ STATS: Counter = Counter()
 #: The coalition: the third creator and the first three node accounts. They play like anyone
 #: (restricted tasks, garbage scores, delays, timeouts, pause/resume/join/quit); the invariant
 #: `coalition_gains_nothing_from_its_own_tasks` watches what its own tasks bring it.
+TIMEOUT_BOUNTY = 1 * CNX  # the market's default timeoutBounty
 COALITION_CREATOR = 2
 COALITION_NODES = 3
 
@@ -416,6 +417,14 @@ class MarketMachine(RuleBasedStateMachine):
                     self.own_loss[tid] += stakes_before[a["node"]]
                 if party is t.executor:
                     exec_slashed[tid] = a["toAuditPool"]
+            elif name == "TimeoutBountyPaid":
+                # never committed: whoever timed it out is paid from the executor's stake
+                assert t.status == TaskStatus.STARTED
+                ex = t.executor.node
+                assert a["amount"] == min(TIMEOUT_BOUNTY, stakes_before[ex])
+                self.bal[a["caller"]] += a["amount"]
+                if ex in self.coalition:
+                    self.own_loss[tid] += a["amount"]
             elif name == "ExecutorPenalized":
                 # committed, never delivered, undrawn: the levy comes out of the stake
                 assert a["node"] == t.executor.node and not t.delivered and not t.drawn
@@ -439,6 +448,8 @@ class MarketMachine(RuleBasedStateMachine):
             elif name == "Withdrawn":
                 assert self.bal[a["node"]] == a["amount"]
                 self.bal[a["node"]] = 0
+                if a["node"] in self.creator_cnx:  # a creator's timeout bounties
+                    self.creator_cnx[a["node"]] += a["amount"]
         assert not buffered, f"payments without a settlement: {dict(buffered)}"
         assert not {k: v for k, v in refunds_due.items() if v}, f"refunds not made: {refunds_due}"
 

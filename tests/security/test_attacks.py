@@ -410,6 +410,32 @@ def test_attack_kickOutWashedByRejoining_qosFollowsTheAddress(
     assert registry.weightOf(node) == 0  # never drawn again until it earns it back
 
 
+# ---------------------------------------------------------------- 10. busy forever
+
+
+def test_attack_busyForeverOnOwnTask_timeoutPaysTheCaller(
+    helpers, market, registry, token, creators, coalition, honest
+):
+    """A node starts its own task and never works on it: Busy, keeping its node-mining
+    weight, serving no one, and nobody was paid to call timeout(). Now whoever times it out is
+    paid the timeout bounty from the idle executor's stake, so keepers end it at the deadline."""
+    node = coalition.nodes[0]
+    helpers.join(node, gpu=EVIL, vram=24)
+    t, _ = helpers.create(coalition.creator, _evil_request(fee=1))
+    assert registry.statusOf(node) == NodeStatus.BUSY
+    stake = registry.nodeInfo(node).stake
+    keeper = honest[0]
+    helpers.travel(181)
+    tx = market.timeout(t, sender=keeper)
+    bounty = market.timeoutBounty()
+    assert bounty == 1 * CNX
+    assert tx.events.filter(market.TimeoutBountyPaid)[0].amount == bounty
+    assert market.balanceOf(keeper) == bounty
+    assert registry.nodeInfo(node).stake == stake - bounty
+    assert registry.statusOf(node) == NodeStatus.AVAILABLE  # released, with a 0 task score
+    assert registry.qosOf(node) < 10 * 10**6
+
+
 # ---------------------------------------------------------------- 11. parameters
 
 
