@@ -12,7 +12,9 @@ arguments, download results)::
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
+import time
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Sequence
@@ -25,15 +27,19 @@ from crynux_common.signing import sign_request
 
 from .server.schemas import ArgsStored, Delivered, Health, NetworkStats, ResultManifest
 
+log = logging.getLogger(__name__)
+
 
 class RelayError(Exception):
     """The relay answered with an error status."""
 
-    def __init__(self, status: int, code: str, detail: str) -> None:
+    def __init__(self, status: int, code: str, detail: str, retry_after_s: float | None = None) -> None:
         super().__init__(f"relay answered {status} {code}: {detail}")
         self.status = status
         self.code = code
         self.detail = detail
+        #: The relay's Retry-After (seconds) on a 429 or 503, else None.
+        self.retry_after_s = retry_after_s
 
 
 class RelayAuthError(RelayError):
@@ -68,14 +74,39 @@ class RelayUnavailable(RelayError):
     """5xx: the relay or its chain connection is down; retry later."""
 
 
+class RelayBusy(RelayError):
+    """429: over a rate or concurrency limit (raised once the client's retries are spent)."""
+
+
 class IntegrityError(Exception):
     """Downloaded bytes do not match the hash the relay or the chain gave for them."""
 
 
 _BY_STATUS: dict[int, type[RelayError]] = {
     401: RelayAuthError, 403: RelayForbidden, 404: RelayNotFound, 409: RelayConflict, 410: RelayGone,
-    413: RelayTooLarge, 422: RelayRejected,
+    413: RelayTooLarge, 422: RelayRejected, 429: RelayBusy,
 }
+
+#: Statuses the client retries after the relay's Retry-After: rate limits and a busy or
+#: briefly unavailable relay (it refused before doing anything, so a retry is safe).
+_RETRYABLE = frozenset({429, 503})
+
+
+def _error_of(response: httpx.Response) -> RelayError:
+    """The typed error of an error answer, with its Retry-After (seconds) when given."""
+    try:
+        payload = response.json()
+        code, detail = str(payload.get("error", "error")), str(payload.get("detail", ""))
+    except ValueError:
+        code, detail = "error", response.text[:500]
+    retry_after: float | None = None
+    header = response.headers.get("Retry-After", "")
+    if header.strip().isdigit():
+        retry_after = float(header.strip())
+    cls = _BY_STATUS.get(response.status_code)
+    if cls is None:
+        cls = RelayUnavailable if response.status_code >= 500 else RelayError
+    return cls(response.status_code, code, detail, retry_after)
 
 
 @dataclass(frozen=True)
@@ -116,9 +147,12 @@ class RelayClient:
         *,
         timeout: float = 120.0,
         http: httpx.Client | None = None,
+        max_retry_wait_s: float = 30.0,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.account = account
+        #: Total seconds a call may spend waiting out 429/503 answers before it raises.
+        self.max_retry_wait_s = max_retry_wait_s
         self._http = http or httpx.Client(base_url=self.base_url, timeout=timeout)
 
     def close(self) -> None:
@@ -135,6 +169,23 @@ class RelayClient:
     def _request(
         self, method: str, target: str, body: bytes = b"", content_type: str | None = None, signed: bool = True
     ) -> httpx.Response:
+        waited = 0.0
+        while True:
+            response = self._send(method, target, body, content_type, signed)
+            if response.status_code < 400:
+                return response
+            error = _error_of(response)
+            pause = error.retry_after_s
+            if response.status_code not in _RETRYABLE or pause is None or waited + pause > self.max_retry_wait_s:
+                raise error
+            log.info("relay busy (%d %s) on %s %s: retrying in %.0f s", error.status, error.code, method, target, pause)
+            time.sleep(pause)
+            waited += pause
+
+    def _send(
+        self, method: str, target: str, body: bytes, content_type: str | None, signed: bool
+    ) -> httpx.Response:
+        """One attempt, signed afresh (a signature is good for one request only)."""
         headers: dict[str, str] = {}
         if content_type:
             headers["Content-Type"] = content_type
@@ -142,18 +193,7 @@ class RelayClient:
             if self.account is None:
                 raise ValueError("this call is signed: give the client an account")
             headers.update(sign_request(self.account, method, target, body).as_dict())
-        response = self._http.request(method, target, content=body if body else None, headers=headers)
-        if response.status_code >= 400:
-            try:
-                payload = response.json()
-                code, detail = str(payload.get("error", "error")), str(payload.get("detail", ""))
-            except ValueError:
-                code, detail = "error", response.text[:500]
-            cls = _BY_STATUS.get(response.status_code)
-            if cls is None:
-                cls = RelayUnavailable if response.status_code >= 500 else RelayError
-            raise cls(response.status_code, code, detail)
-        return response
+        return self._http.request(method, target, content=body if body else None, headers=headers)
 
     # --- arguments ---------------------------------------------------------------------------
 

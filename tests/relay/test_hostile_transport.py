@@ -553,3 +553,23 @@ def test_flood_of2000Unsigned_legitSignedGetStaysFast(start_relay, network: Netw
     assert set(out["statuses"]) <= {"401", "429"} and sum(out["statuses"].values()) == 2000, out
     latencies.sort()
     assert len(latencies) >= 5 and latencies[len(latencies) // 2] < 0.25, latencies
+
+
+def test_relayClient_waitsOutA429ByItsRetryAfter_thenRaisesRelayBusyPastItsBudget(
+    start_relay, network: Network
+):
+    """The client that nodes and the SDK use honours Retry-After on 429 (and 503) instead of
+    failing: within its wait budget the call goes through, beyond it RelayBusy says how long."""
+    from relay_client.client import RelayBusy
+
+    relay = start_relay("--signer-rate", "0.5", "--signer-burst", "1", "--refusal-delay", "0")
+    args = json.dumps({"prompt": "retried"}).encode()
+    with RelayClient(relay.url, network.local(network.creator)) as client:
+        t0 = time.perf_counter()
+        client.put_args(args)  # spends the burst
+        assert client.get_own_args(keccak(args)) == args  # 429 first, then served
+        assert time.perf_counter() - t0 >= 1.0
+    with RelayClient(relay.url, network.local(network.creator), max_retry_wait_s=0) as impatient:
+        with pytest.raises(RelayBusy) as busy:
+            impatient.get_own_args(keccak(args))
+    assert busy.value.status == 429 and busy.value.retry_after_s is not None and busy.value.retry_after_s >= 1
