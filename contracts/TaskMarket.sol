@@ -258,7 +258,7 @@ contract TaskMarket is MarketBase, ITaskMarket, INodeAvailableHook {
         info.alwaysAudit = bits & _ALWAYS_AUDIT != 0;
         info.executor = t.executor;
         info.commitBlock = t.commitBlock;
-        if (t.status != TaskStatus.Queued) info.startTime = t.startTime;
+        if (t.executor != address(0)) info.startTime = t.startTime; // while queued it holds the queue time
         if (info.startTime != 0) info.deadline = info.startTime + timeoutSecs;
         Audit storage a = _audits[taskId];
         info.drawn = a.drawTime != 0;

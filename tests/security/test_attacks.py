@@ -326,7 +326,8 @@ def test_attack_queueClassesBlockedWith1WeiTasks_honestTasksStillQueue(
     helpers.travel(market.params().queueTimeout + 1)
     tx = market.timeout(t, sender=coalition.creator)
     assert tx.events.filter(market.TaskExpired)
-    assert helpers.task(t).status == TaskStatus.EXPIRED
+    info = helpers.task(t)
+    assert info.status == TaskStatus.EXPIRED and info.startTime == 0 and info.deadline == 0
 
 
 # ---------------------------------------------------------------- 7. head-of-line audits
