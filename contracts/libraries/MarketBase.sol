@@ -189,6 +189,7 @@ abstract contract MarketBase is ITaskMarketTypes, AccessControl, ReentrancyGuard
     function _takeAudit(address node, bytes32 gpu, uint16 vram, uint256 id) internal returns (bool) {
         uint256 scan = _params.auditScan;
         uint256 since = registry.onlineSince(node);
+        uint256 last = _counters.auditTail; // each entry is looked at once, even when moved
         for (uint256 k = 0; k < scan && id != 0; ++k) {
             Audit storage a = _audits[id];
             Task storage t = _tasks[id];
@@ -208,6 +209,7 @@ abstract contract MarketBase is ITaskMarketTypes, AccessControl, ReentrancyGuard
                 _unlinkPending(a);
                 _appendPending(id, a);
             }
+            if (id == last) break;
             id = next;
         }
         return false;
